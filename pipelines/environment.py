@@ -1,0 +1,27 @@
+"""Process environment for the embedded defaults, set before Prefect, MLflow or Ray are imported.
+
+Prefect reads PREFECT_HOME at import time, so the CLI calls `prepare` first; the workspace then holds Prefect's
+database and result cache. Telemetry that would try the (absent) network is switched off.
+"""
+
+from __future__ import annotations
+
+import os
+
+from promptseg.settings import Settings
+
+
+def prepare(settings: Settings) -> None:
+    settings.root.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TRAIN_V2_ENABLED": "1",
+        "TQDM_DISABLE": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,141 @@
+"""One function per platform stage, shared by the CLI and the demo; each reads and writes what the next reads.
+
+ingest → workspace/raw/<dataset>.json; preprocess → the Zarr task store; train → an MLflow run and a checkpoint
+folder (registered as `challenger`); evaluate → a report folder logged to the version's run; promote → the
+`champion` alias; serve → a Ray Serve application recorded in workspace/services/serve.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from promptseg.settings import Settings
+
+SERVE_RECORD = "serve.json"
+
+
+def ingest(settings: Settings, sources: list[Path]) -> list[dict]:
+    from pipelines.flows import ingest_flow
+
+    return ingest_flow([str(s) for s in sources], str(settings.raw_dir))
+
+
+def preprocess(settings: Settings, datasets: list[str] | None = None) -> list[dict]:
+    from pipelines.flows import preprocess_flow
+
+    return preprocess_flow(str(settings.raw_dir), settings.store, settings.resolution, datasets)
+
+
+def train(
+    settings: Settings,
+    *,
+    steps: int,
+    size: str = "tiny",
+    workers: int = 2,
+    batch_size: int = 4,
+    seed: int = 0,
+    run_name: str | None = None,
+    register: bool = True,
+) -> dict:
+    from promptseg import cluster
+    from promptseg.registry import register_checkpoint
+    from promptseg.train import TrainConfig, run_training
+
+    cluster.connect(settings.services_dir, settings.ray_address)
+    config = TrainConfig(
+        store_url=settings.store,
+        resolution=settings.resolution,
+        size=size,
+        steps=steps,
+        num_workers=workers,
+        batch_size=batch_size,
+        seed=seed,
+        held_out=settings.held_out,
+        tracking_uri=settings.tracking_uri,
+    )
+    result = run_training(
+        config,
+        run_name=run_name or time.strftime("train-%Y%m%d-%H%M%S"),
+        ray_storage=settings.ray_storage,
+        checkpoints_dir=settings.root / "checkpoints",
+        experiment=settings.experiment,
+        artifact_root=settings.artifact_root,
+    )
+    outcome = {
+        "run_id": result.run_id,
+        "run_name": result.run_name,
+        "checkpoint": str(result.checkpoint_dir),
+        "final_loss": result.metrics["loss"],
+    }
+    if register:
+        outcome["version"] = register_checkpoint(
+            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name
+        )
+    return outcome
+
+
+def register(settings: Settings, run_id: str, checkpoint: Path) -> str:
+    from promptseg.registry import register_checkpoint
+
+    return register_checkpoint(checkpoint, run_id, settings.tracking_uri, settings.model_name)
+
+
+def evaluate(settings: Settings, model: str, *, resamples: int = 3, queries: int = 4) -> dict:
+    import mlflow
+
+    from promptseg.evaluate import EvalSpec, headline_scores
+    from promptseg.evaluate import evaluate as run_evaluation
+    from promptseg.registry import load_version, tag_scores
+    from storage.task_store import TaskStore
+
+    loaded = load_version(settings.tracking_uri, settings.model_name, model)
+    out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}"
+    store = TaskStore.open(settings.store, loaded.network.config.resolution)
+    report = run_evaluation(
+        loaded.network, store, EvalSpec(held_out=settings.held_out, resamples=resamples, queries=queries), out_dir
+    )
+    scores = headline_scores(report)
+    run_id = mlflow.MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version).run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+    tag_scores(settings.tracking_uri, settings.model_name, loaded.version, scores)
+    return {"version": loaded.version, "report_dir": str(out_dir), "scores": scores, "summary": report["summary"]}
+
+
+def promote(settings: Settings, version: str | None = None) -> str:
+    from promptseg.registry import promote as move_alias
+
+    return move_alias(settings.tracking_uri, settings.model_name, version)
+
+
+def serve(settings: Settings, alias: str = "champion") -> str:
+    from promptseg import cluster
+    from promptseg.serve_app import deploy
+
+    cluster.connect(settings.services_dir, settings.ray_address)
+    url = deploy(settings.tracking_uri, settings.model_name, alias, settings.serve_host, settings.serve_port)
+    (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
+    return url
+
+
+def serve_url(settings: Settings) -> str:
+    path = settings.services_dir / SERVE_RECORD
+    if not path.exists():
+        raise RuntimeError("no endpoint recorded in this workspace: run `promptseg serve` first")
+    return json.loads(path.read_text())["url"]
+
+
+def stop_serving(settings: Settings) -> bool:
+    from promptseg import cluster
+
+    record = settings.services_dir / SERVE_RECORD
+    if cluster.recorded_head(settings.services_dir) is not None or settings.ray_address:
+        from promptseg.serve_app import undeploy
+
+        cluster.connect(settings.services_dir, settings.ray_address, start=False)
+        undeploy()
+    record.unlink(missing_ok=True)
+    return cluster.stop_head(settings.services_dir)

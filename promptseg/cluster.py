@@ -1,0 +1,120 @@
+"""Finding or starting the Ray instance the platform runs on, and recording it in the workspace.
+
+Order: `RAY_ADDRESS` (a cluster), else the head this workspace started and recorded (if still alive), else a new
+head. A new head is `ray start --head --block` in its own process group, bound to 127.0.0.1 unless configured,
+so `promptseg serve`, `query`, training and `serve --stop` in later processes all find the same instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+
+RECORD = "ray.json"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _reachable(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def recorded_head(services_dir: Path) -> dict | None:
+    """The head this workspace started, if its record exists and it still answers."""
+    path = services_dir / RECORD
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if _reachable(record["address"]) else None
+
+
+def start_head(
+    services_dir: Path, host: str = "127.0.0.1", num_cpus: int | None = None, timeout_s: float = 60.0
+) -> str:
+    """Start a Ray head in its own process group and record its address; return the address."""
+    services_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port(host)
+    # More logical CPUs than cores: a Serve replica and a 2-worker TorchTrainer must fit together.
+    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--node-ip-address={host}",
+        f"--num-cpus={cpus}",
+        "--include-dashboard=true",
+        f"--dashboard-host={host}",
+        f"--dashboard-port={_free_port(host)}",
+        "--disable-usage-stats",
+    ]
+    log = open(services_dir / "ray-head.log", "ab")  # noqa: SIM115 - handed to the detached child
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    address = f"{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while not _reachable(address):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"Ray head did not start; see {services_dir / 'ray-head.log'}")
+        time.sleep(0.5)
+    (services_dir / RECORD).write_text(json.dumps({"address": address, "pid": process.pid}))
+    return address
+
+
+def connect(services_dir: Path, ray_address: str | None, *, start: bool = True) -> str:
+    """Connect this process to the platform's Ray instance (starting a head if allowed); return its address."""
+    if ray_address:
+        address = ray_address
+    elif (record := recorded_head(services_dir)) is not None:
+        address = record["address"]
+    elif start:
+        address = start_head(services_dir)
+    else:
+        raise RuntimeError("no Ray instance recorded in this workspace and RAY_ADDRESS is unset")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    return address
+
+
+def stop_head(services_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the head this workspace started (its whole process group); False if none was recorded."""
+    path = services_dir / RECORD
+    if not path.exists():
+        return False
+    pid = json.loads(path.read_text())["pid"]
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)
+            time.sleep(0.3)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    path.unlink()
+    return True

@@ -1,0 +1,76 @@
+"""Decoding 2D images and masks sent by users (PNG, NPY) with checks that fail with a clear message.
+
+Every problem raises `InvalidInput` naming the file: not an image, wrong dimensions, NaN values, oversized
+(a decompression bomb is refused from its header, before pixels are decoded), a mask that is not binary.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 4096 * 4096
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class InvalidInput(ValueError):
+    """A request or file the model cannot use; `file` names the offending input."""
+
+    def __init__(self, file: str, problem: str) -> None:
+        self.file = file
+        self.problem = problem
+        super().__init__(f"{file}: {problem}")
+
+
+def decode_image(name: str, data: bytes) -> np.ndarray:
+    """A 2D array from PNG (grey or RGB, converted to grey) or NPY bytes."""
+    if data.startswith(PNG_MAGIC):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise InvalidInput(name, f"image of {image.width}×{image.height} pixels exceeds {MAX_PIXELS}")
+                if image.mode not in {"L", "I;16", "I"}:
+                    image = image.convert("L")
+                array = np.asarray(image)
+        except InvalidInput:
+            raise
+        except Exception as error:
+            raise InvalidInput(name, f"unreadable PNG ({error})") from error
+    elif data.startswith(NPY_MAGIC):
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as error:
+            raise InvalidInput(name, f"unreadable NPY ({error})") from error
+    else:
+        raise InvalidInput(name, "not a PNG or NPY image")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise InvalidInput(name, f"expected a 2D image, got shape {array.shape}")
+    if array.size > MAX_PIXELS:
+        raise InvalidInput(name, f"image of {array.size} pixels exceeds {MAX_PIXELS}")
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(name, f"unsupported dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(name, "contains NaN or infinite values")
+    return array
+
+
+def binary_mask(name: str, array: np.ndarray) -> np.ndarray:
+    """A {0, 1} uint8 mask from {0, 1} or {0, 255} values."""
+    values = set(np.unique(array).tolist())
+    if values <= {0, 1}:
+        return array.astype(np.uint8)
+    if values <= {0, 255}:
+        return (array > 0).astype(np.uint8)
+    raise InvalidInput(name, f"mask is not binary: values {sorted(values)[:6]} (expected {{0,1}} or {{0,255}})")
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    """A {0, 1} mask as an 8-bit PNG with values {0, 255}."""
+    buffer = io.BytesIO()
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()

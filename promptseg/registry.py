@@ -1,0 +1,132 @@
+"""Contract 3, the model registry (MLflow), kept in this one module.
+
+- Registered model `promptseg` (name configurable). A version's artifacts: `model.safetensors` (weights),
+  `model_config.json` (architecture, size, resolution, N_max) and `model_card.json`, logged as an MLflow pyfunc
+  from code (promptseg/pyfunc_model.py) whose loader rebuilds the network through the model factory.
+- Version tags: the run's lineage (git commit, store snapshot id, fingerprint hash, held-out spec) and, after
+  evaluation, the held-out scores.
+- Aliases: `challenger` (just trained) and `champion` (served). Promotion moves an alias and appends the move
+  to the registered model's `champion_history` tag, so a rollback is one command; versions are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from promptseg.checkpoint import CONFIG, WEIGHTS
+from promptseg.model import PromptSeg
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
+LINEAGE_TAGS = ("git_commit", "store_snapshot_id", "fingerprint_hash", "held_out")
+
+
+class RegistryError(Exception):
+    """A model version or alias that the caller asked for does not exist."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    network: PromptSeg
+    name: str
+    version: str
+    model_card: dict
+
+
+def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict:
+    """Model card with fields after a MONAI bundle's metadata.json."""
+    r = config["resolution"]
+    return {
+        "name": "PromptSeg",
+        "task": "in-context segmentation of one structure given prompt pairs (image + binary mask)",
+        "inputs": {
+            "prompt_images": {"shape": f"(B, N, 1, {r}, {r})", "value_range": [0, 1], "N": [1, config["n_max"]]},
+            "prompt_masks": {"shape": f"(B, N, 1, {r}, {r})", "value_range": [0, 1], "type": "binary"},
+            "queries": {"shape": f"(B, Q, 1, {r}, {r})", "value_range": [0, 1]},
+            "preprocessing": "storage.harmonize (modality-aware intensity normalization, pad to square, resize)",
+        },
+        "outputs": {"logits": {"shape": f"(B, Q, 1, {r}, {r})", "meaning": "foreground logit per pixel"}},
+        "resolution": r,
+        "architecture": config,
+        "training_data": {key: run_tags.get(key) for key in LINEAGE_TAGS},
+        "held_out_scores": scores or {},
+        "intended_use": "research and development; not a medical device; outputs need expert review",
+        "license": "Apache-2.0",
+    }
+
+
+def register_checkpoint(checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str) -> str:
+    """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    run_tags = client.get_run(run_id).data.tags
+    config = json.loads((checkpoint_dir / CONFIG).read_text())
+    with tempfile.TemporaryDirectory() as folder:
+        card_path = Path(folder) / "model_card.json"
+        card_path.write_text(json.dumps(model_card(config, run_tags), indent=2))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_SOURCE),
+                artifacts={
+                    "weights": str(checkpoint_dir / WEIGHTS),
+                    "config": str(checkpoint_dir / CONFIG),
+                    "model_card": str(card_path),
+                },
+                registered_model_name=name,
+            )
+    version = str(info.registered_model_version)
+    for key in LINEAGE_TAGS:
+        if key in run_tags:
+            client.set_model_version_tag(name, version, key, run_tags[key])
+    client.set_model_version_tag(name, version, "run_id", run_id)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def resolve_version(tracking_uri: str, name: str, alias_or_version: str) -> str:
+    """A version number from an alias (`champion`) or a number; RegistryError if neither exists."""
+    client = MlflowClient(tracking_uri)
+    try:
+        if alias_or_version.isdigit():
+            return client.get_model_version(name, alias_or_version).version
+        return client.get_model_version_by_alias(name, alias_or_version).version
+    except MlflowException as error:
+        raise RegistryError(f"model {name!r} has no version or alias {alias_or_version!r}") from error
+
+
+def promote(tracking_uri: str, name: str, version: str | None = None, alias: str = CHAMPION) -> str:
+    """Point `alias` at `version` (default: the challenger) and record the move; return the version."""
+    client = MlflowClient(tracking_uri)
+    target = resolve_version(tracking_uri, name, version or CHALLENGER)
+    model = client.get_registered_model(name)
+    history = json.loads(model.tags.get(f"{alias}_history", "[]"))
+    history.append(target)
+    client.set_registered_model_alias(name, alias, target)
+    client.set_registered_model_tag(name, f"{alias}_history", json.dumps(history))
+    return target
+
+
+def load_version(tracking_uri: str, name: str, alias_or_version: str) -> LoadedModel:
+    """Load a registered version through its pyfunc loader (which rebuilds the network via the factory)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    version = resolve_version(tracking_uri, name, alias_or_version)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    python_model = pyfunc.unwrap_python_model()
+    return LoadedModel(python_model.network, name, version, python_model.model_card)
+
+
+def tag_scores(tracking_uri: str, name: str, version: str, scores: dict[str, float]) -> None:
+    client = MlflowClient(tracking_uri)
+    for key, value in scores.items():
+        client.set_model_version_tag(name, version, f"heldout_{key}", f"{value:.4f}")

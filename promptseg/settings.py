@@ -1,0 +1,68 @@
+"""The platform's one settings model: `PROMPTSEG_*` variables plus the standard RAY_ADDRESS and MLFLOW_TRACKING_URI.
+
+On one machine everything lives under the workspace folder (default ./.promptseg): the task store, the MLflow
+SQLite database and artifact folder, Ray Train's storage, Prefect's home and the records of running services.
+Pointing the same settings at a Ray cluster, an MLflow server and an s3:// store runs the same code on a cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTSEG_", extra="ignore")
+
+    workspace: Path = Path(".promptseg")
+    store_url: str | None = None
+    resolution: int = 256
+    model_name: str = "promptseg"
+    experiment: str = "promptseg"
+    held_out: list[str] = ["kidney*"]
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("PROMPTSEG_RAY_ADDRESS", "RAY_ADDRESS"))
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("PROMPTSEG_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
+    )
+
+    @property
+    def root(self) -> Path:
+        return self.workspace.expanduser().resolve()
+
+    @property
+    def store(self) -> str:
+        return self.store_url or str(self.root / "store.zarr")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Ingest records (one JSON per dataset) live here."""
+        return self.root / "raw"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray_results"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def services_dir(self) -> Path:
+        """Records of services this workspace started (Ray head, Serve endpoint)."""
+        return self.root / "services"

@@ -1,0 +1,4 @@
+"""Data stage of the platform: raw readers, the harmonization recipe, the Zarr task store and the episode sampler.
+
+This package imports nothing from `promptseg` or `pipelines` (layers go one way: pipelines → promptseg → storage).
+"""

@@ -1,0 +1,110 @@
+"""Raw dataset layouts: the Medical Segmentation Decathlon / nnU-Net raw layout and a YAML manifest.
+
+A `RawDataset` lists cases (an image file, a label file) with the dataset's center, modality and label names.
+MSD layout: `dataset.json` (nnU-Net v2 keys `channel_names`/`labels` name→value, or MSD v1 keys
+`modality`/`labels` value→name with a `training` list), `imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`.
+An optional `center` key names the acquiring center. Manifest: a YAML file with `dataset`, `center`,
+`modality`, `labels` (a mapping value→name, or a JSON file holding one under `labels`) and `cases` (id, image,
+label), paths relative to the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from storage.errors import RawDataError
+
+
+@dataclass(frozen=True)
+class RawCase:
+    case_id: str
+    image: Path
+    label: Path
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    name: str
+    center: str
+    modality: str
+    labels: dict[int, str]
+    cases: list[RawCase] = field(default_factory=list)
+
+
+def load_raw_dataset(path: Path) -> RawDataset:
+    """Read an MSD folder (holding dataset.json) or a manifest YAML file."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_msd(path)
+    if path.suffix in {".yaml", ".yml"}:
+        return _load_manifest(path)
+    raise RawDataError(path, "expected an MSD folder with dataset.json or a manifest .yaml file")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise RawDataError(path, "file not found") from error
+    except json.JSONDecodeError as error:
+        raise RawDataError(path, f"invalid JSON ({error})") from error
+
+
+def _foreground_labels(mapping: dict[int, str]) -> dict[int, str]:
+    return {value: name for value, name in sorted(mapping.items()) if value != 0}
+
+
+def _load_msd(root: Path) -> RawDataset:
+    meta_path = root / "dataset.json"
+    meta = _read_json(meta_path)
+    if "channel_names" in meta:  # nnU-Net v2
+        modality = str(meta["channel_names"]["0"])
+        labels = {int(value): str(name) for name, value in meta["labels"].items()}
+        ending = meta.get("file_ending", ".nii.gz")
+        images = sorted((root / "imagesTr").glob(f"*_0000{ending}"))
+        cases = [
+            RawCase(p.name[: -len(f"_0000{ending}")], p, root / "labelsTr" / p.name.replace("_0000", ""))
+            for p in images
+        ]
+    elif "modality" in meta:  # MSD v1
+        modality = str(meta["modality"]["0"])
+        labels = {int(value): str(name) for value, name in meta["labels"].items()}
+        cases = [
+            RawCase(Path(item["image"]).name.split(".")[0], root / item["image"], root / item["label"])
+            for item in meta["training"]
+        ]
+    else:
+        raise RawDataError(meta_path, "needs 'channel_names' (nnU-Net v2) or 'modality' (MSD v1)")
+    if not cases:
+        raise RawDataError(root, "no training cases found")
+    name = str(meta.get("name", root.name))
+    return RawDataset(name, str(meta.get("center", name)), modality, _foreground_labels(labels), cases)
+
+
+def _load_manifest(path: Path) -> RawDataset:
+    try:
+        meta = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise RawDataError(path, "file not found") from error
+    except yaml.YAMLError as error:
+        raise RawDataError(path, f"invalid YAML ({error})") from error
+    missing = {"dataset", "modality", "labels", "cases"} - set(meta or {})
+    if missing:
+        raise RawDataError(path, f"missing keys: {sorted(missing)}")
+    labels = meta["labels"]
+    if isinstance(labels, str):
+        labels = _read_json(path.parent / labels)["labels"]
+    cases = [
+        RawCase(str(item["id"]), path.parent / item["image"], path.parent / item["label"]) for item in meta["cases"]
+    ]
+    return RawDataset(
+        name=str(meta["dataset"]),
+        center=str(meta.get("center", meta["dataset"])),
+        modality=str(meta["modality"]),
+        labels=_foreground_labels({int(v): str(n) for v, n in labels.items()}),
+        cases=cases,
+    )

@@ -1,0 +1,145 @@
+"""Episodic sampling from the task store: a task, N prompt slices and query slices of the same structure.
+
+Queries come from a case other than the prompts' when the task spans several cases; otherwise they are at
+least `min_gap` slices away from every prompt, so a model cannot copy a neighbouring prompt. Training episodes
+get the same random flip/rotation and intensity mapping on prompts and queries alike (a task augmentation: the
+appearance changes, the task stays consistent). The sampler's random state is part of a training checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fnmatch import fnmatch
+
+import numpy as np
+
+from storage.task_store import SliceRef, Task, TaskStore
+
+
+@dataclass
+class Episode:
+    """Arrays in the model's layout without the batch axis: (N, 1, R, R) prompts, (Q, 1, R, R) queries."""
+
+    task_id: str
+    prompt_images: np.ndarray
+    prompt_masks: np.ndarray
+    query_images: np.ndarray
+    query_masks: np.ndarray
+
+
+MIN_FOREGROUND_FRACTION = 1e-3
+
+
+def split_tasks(tasks: list[Task], held_out: list[str], resolution: int | None = None) -> tuple[list[Task], list[Task]]:
+    """(training tasks, held-out tasks): a task is held out when its label name matches a pattern.
+
+    With `resolution`, slices whose structure covers less than MIN_FOREGROUND_FRACTION of the image are
+    dropped (a few pixels carry no usable prompt), and tasks left with fewer than two slices with them.
+    """
+    if resolution is not None:
+        least = MIN_FOREGROUND_FRACTION * resolution**2
+        tasks = [replace(t, slices=tuple(s for s in t.slices if s.foreground >= least)) for t in tasks]
+        tasks = [t for t in tasks if len(t.slices) >= 2]
+    is_held_out = [any(fnmatch(task.label_name, pattern) for pattern in held_out) for task in tasks]
+    return (
+        [t for t, h in zip(tasks, is_held_out, strict=True) if not h],
+        [t for t, h in zip(tasks, is_held_out, strict=True) if h],
+    )
+
+
+def choose_prompts_and_queries(
+    task: Task, n_prompts: int, n_queries: int, rng: np.random.Generator, min_gap: int = 3
+) -> tuple[list[SliceRef], list[SliceRef]] | None:
+    """Pick disjoint prompt and query slices as the module docstring says; None if the task cannot supply them."""
+    slices = list(task.slices)
+    cases = task.cases
+    if len(cases) > 1:
+        query_case = cases[rng.integers(len(cases))]
+        query_pool = [s for s in slices if s.case == query_case]
+        prompt_pool = [s for s in slices if s.case != query_case]
+    else:
+        query_pool = slices
+        prompt_pool = []
+    if len(query_pool) < n_queries:
+        return None
+    queries = [query_pool[i] for i in rng.choice(len(query_pool), n_queries, replace=False)]
+    if len(cases) == 1:
+        prompt_pool = [s for s in slices if all(abs(s.index - q.index) >= min_gap for q in queries)]
+    if len(prompt_pool) < n_prompts:
+        return None
+    prompts = [prompt_pool[i] for i in rng.choice(len(prompt_pool), n_prompts, replace=False)]
+    return prompts, queries
+
+
+def read_episode(store: TaskStore, task: Task, prompts: list[SliceRef], queries: list[SliceRef]) -> Episode:
+    """Read an episode's arrays from the store."""
+    images, masks = store.read_slices(task, prompts + queries)
+    images, masks = images[:, None], masks[:, None].astype(np.float32)
+    n = len(prompts)
+    return Episode(task.task_id, images[:n], masks[:n], images[n:], masks[n:])
+
+
+class EpisodeSampler:
+    """Draws training episodes: a dataset uniformly, then one of its tasks, then prompts and queries."""
+
+    def __init__(self, store: TaskStore, tasks: list[Task], seed: int, *, augment: bool = True) -> None:
+        if not tasks:
+            raise ValueError("no tasks to sample from")
+        self.store = store
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self._by_dataset: dict[str, list[Task]] = {}
+        for task in tasks:
+            self._by_dataset.setdefault(task.dataset, []).append(task)
+        self._datasets = sorted(self._by_dataset)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def sample(self, n_prompts: int, n_queries: int = 1) -> Episode:
+        while True:
+            dataset = self._datasets[self.rng.integers(len(self._datasets))]
+            candidates = self._by_dataset[dataset]
+            task = candidates[self.rng.integers(len(candidates))]
+            chosen = choose_prompts_and_queries(task, n_prompts, n_queries, self.rng)
+            if chosen is not None:
+                episode = read_episode(self.store, task, *chosen)
+                return self._augmented(episode) if self.augment else episode
+
+    def sample_batch(self, batch_size: int, max_prompts: int, n_queries: int = 1) -> dict[str, np.ndarray]:
+        """A batch of episodes sharing one prompt count N drawn from 1..max_prompts."""
+        n_prompts = int(self.rng.integers(1, max_prompts + 1))
+        episodes = [self.sample(n_prompts, n_queries) for _ in range(batch_size)]
+        return {
+            "prompt_images": np.stack([e.prompt_images for e in episodes]),
+            "prompt_masks": np.stack([e.prompt_masks for e in episodes]),
+            "queries": np.stack([e.query_images for e in episodes]),
+            "query_masks": np.stack([e.query_masks for e in episodes]),
+        }
+
+    def _augmented(self, episode: Episode) -> Episode:
+        """One random geometry and one random intensity mapping (gamma, sometimes inverted) for the whole
+        episode: a structure's absolute brightness then says nothing, so the model must read the prompts."""
+        k = int(self.rng.integers(4))
+        flip = bool(self.rng.integers(2))
+        gamma = float(np.exp(self.rng.uniform(-0.7, 0.7)))
+        invert = bool(self.rng.integers(2))
+
+        def geometry(array: np.ndarray) -> np.ndarray:
+            array = np.rot90(array, k, axes=(-2, -1))
+            return np.ascontiguousarray(array[..., ::-1] if flip else array)
+
+        def intensity(array: np.ndarray) -> np.ndarray:
+            array = np.power(array, gamma)
+            return 1.0 - array if invert else array
+
+        return Episode(
+            episode.task_id,
+            intensity(geometry(episode.prompt_images)),
+            geometry(episode.prompt_masks),
+            intensity(geometry(episode.query_images)),
+            geometry(episode.query_masks),
+        )

@@ -1,0 +1,229 @@
+"""The Zarr v3 task store: contract 1 of the platform, kept in this one module.
+
+Layout (schema version 1)::
+
+    <store>/                                root group; attrs: schema_version, resolution
+      datasets/<dataset>/                   group; attrs: current_version  ← the pointer, written last
+        cases/<case_key>/axis<k>/           group; attrs: summary (written last: the case is complete)
+          image                             float16 (slices, R, R) in [0, 1]; chunk = one slice
+          label                             uint8   (slices, R, R) label map; chunk = one slice
+        versions/<version_id>/              group; attrs: complete, dataset, center, modality, labels,
+                                            fingerprint, normalization, source_hashes, cases, index
+
+- Every case is harmonized (storage.harmonize) and cut into 2D slices along axis k at the store's
+  `resolution` (one value per store; models record it and training refuses a mismatch).
+- A harmonized case is content-addressed: `case_key` hashes its source files' hashes and every recipe
+  parameter. Case arrays are immutable and shared by every version that lists the case, so a new version
+  only preprocesses the cases that changed.
+- Shards: each (case, axis) array is one shard, written whole by the single task that preprocesses that case,
+  so every shard has exactly one writer (zarr-python loses data when two writers touch one shard). One
+  preprocess run per dataset at a time.
+- A slice id `<dataset>/<case>/axis<k>/<index>` names a slice stably (index = position along the axis in the
+  RAS-oriented source volume). A task is dataset × label × axis, id `<dataset>/<label name>/axis<k>`; the index
+  maps each task to its slices and their foreground sizes (pixels at the store's resolution).
+- Versions are immutable manifests (case keys, task index, attributes): a new version is written aside under
+  its content-derived id, marked complete, and becomes current only when the dataset's pointer is written
+  last. Readers only follow pointers, so a half-written version is never visible (no atomic rename needed, which object stores lack).
+- The snapshot id hashes the metadata of every dataset's current version; training records it.
+- Attributes hold no patient identifiers: sources are named by content hash, cases by their file stem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from storage.errors import StoreSchemaError
+
+SCHEMA_VERSION = 1
+_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One slice of a task: where it lives in its case array and how many foreground pixels it has."""
+
+    case: str
+    position: int
+    index: int
+    foreground: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """dataset × label × axis, with the slices that contain the label."""
+
+    dataset: str
+    label_value: int
+    label_name: str
+    axis: int
+    slices: tuple[SliceRef, ...]
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.dataset}/{self.label_name}/axis{self.axis}"
+
+    @property
+    def cases(self) -> list[str]:
+        return sorted({ref.case for ref in self.slices})
+
+
+def slice_id(dataset: str, case: str, axis: int, index: int) -> str:
+    return f"{dataset}/{case}/axis{axis}/{index}"
+
+
+def content_id(payload: dict) -> str:
+    """A short stable hash of JSON-able metadata (version ids, snapshot ids)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TaskStore:
+    """Read and write access to one task store (a local path or any URL zarr can open)."""
+
+    def __init__(self, root: zarr.Group, url: str) -> None:
+        self._root = root
+        self.url = url
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @classmethod
+    def open(cls, url: str, resolution: int | None = None, *, create: bool = False) -> TaskStore:
+        """Open a store; with create=True make it (at `resolution`) if absent. Refuses other schemas/resolutions."""
+        try:
+            root = zarr.open_group(url, mode="r+" if not create else "a")
+        except FileNotFoundError as error:
+            raise StoreSchemaError(f"no task store at {url}: run `promptseg preprocess` first") from error
+        if "schema_version" not in root.attrs:
+            if not create or resolution is None:
+                raise StoreSchemaError(f"{url} is not a PromptSeg task store (no schema_version)")
+            root.attrs.update({"schema_version": SCHEMA_VERSION, "resolution": resolution})
+            root.require_group("datasets")
+        store = cls(root, url)
+        if store.schema_version != SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{url} has task-store schema version {store.schema_version}; this code reads version "
+                f"{SCHEMA_VERSION}: preprocess into a new store"
+            )
+        if resolution is not None and store.resolution != resolution:
+            raise StoreSchemaError(f"{url} has resolution {store.resolution}, expected {resolution}")
+        return store
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._root.attrs["schema_version"])
+
+    @property
+    def resolution(self) -> int:
+        return int(self._root.attrs["resolution"])
+
+    def datasets(self) -> list[str]:
+        group = self._root["datasets"]
+        return sorted(name for name, _ in group.groups() if "current_version" in group[name].attrs)
+
+    def current_version(self, dataset: str) -> str:
+        return str(self._root[f"datasets/{dataset}"].attrs["current_version"])
+
+    def version_info(self, dataset: str, version: str | None = None) -> dict:
+        """The attributes of a dataset version (the current one by default)."""
+        version = version or self.current_version(dataset)
+        return dict(self._root[f"datasets/{dataset}/versions/{version}"].attrs)
+
+    def has_complete_version(self, dataset: str, version: str) -> bool:
+        path = f"datasets/{dataset}/versions/{version}"
+        return path in self._root and bool(self._root[path].attrs.get("complete"))
+
+    def snapshot_id(self) -> str:
+        return content_id({name: self.version_info(name) for name in self.datasets()})
+
+    def tasks(self) -> list[Task]:
+        """Every task of every current dataset version."""
+        found = []
+        for dataset in self.datasets():
+            info = self.version_info(dataset)
+            for value, per_axis in info["index"].items():
+                for axis, rows in per_axis.items():
+                    refs = tuple(SliceRef(case, pos, idx, fg) for case, pos, idx, fg in rows)
+                    found.append(Task(dataset, int(value), info["labels"][value], int(axis), refs))
+        return found
+
+    def _array(self, dataset: str, case: str, axis: int, kind: str) -> zarr.Array:
+        cache_key = f"{dataset}/{case}/{axis}/{kind}"
+        if cache_key not in self._arrays:
+            key = self.version_info(dataset)["cases"][case]["key"]
+            self._arrays[cache_key] = self._root[f"datasets/{dataset}/cases/{key}/axis{axis}/{kind}"]
+        return self._arrays[cache_key]
+
+    def read_slices(self, task: Task, refs: list[SliceRef]) -> tuple[np.ndarray, np.ndarray]:
+        """Images (K, R, R) float32 in [0, 1] and binary masks (K, R, R) uint8 of `task` at `refs`."""
+        images = np.stack([self._array(task.dataset, r.case, task.axis, "image")[r.position] for r in refs])
+        labels = np.stack([self._array(task.dataset, r.case, task.axis, "label")[r.position] for r in refs])
+        return images.astype(np.float32), (labels == task.label_value).astype(np.uint8)
+
+    def case_summary(self, dataset: str, case_key: str, axis: int) -> dict | None:
+        """The summary of a completely written case, or None."""
+        path = f"datasets/{dataset}/cases/{case_key}/axis{axis}"
+        if path in self._root and "summary" in self._root[path].attrs:
+            return dict(self._root[path].attrs["summary"])
+        return None
+
+    def write_case(
+        self,
+        dataset: str,
+        case_key: str,
+        case: str,
+        axis: int,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: list[int],
+    ) -> dict:
+        """Write one harmonized case, each array one whole shard; return its summary."""
+        group = self._root.require_group(f"datasets/{dataset}/cases/{case_key}/axis{axis}")
+        n, r = len(indices), self.resolution
+        for kind, data, dtype in (("image", images, "float16"), ("label", labels, "uint8")):
+            array = group.create_array(
+                kind,
+                shape=(n, r, r),
+                chunks=(1, r, r),
+                shards=(n, r, r),
+                dtype=dtype,
+                compressors=_COMPRESSORS,
+                overwrite=True,
+            )
+            array[...] = data.astype(dtype)
+        foreground = {
+            str(value): (labels == value).sum(axis=(1, 2)).tolist() for value in np.unique(labels) if value != 0
+        }
+        summary = {
+            "case": case,
+            "key": case_key,
+            "axis": axis,
+            "indices": [int(i) for i in indices],
+            "foreground": foreground,
+        }
+        group.attrs.update({"summary": summary})  # written last: marks the case complete
+        return summary
+
+    def commit_version(self, dataset: str, version: str, meta: dict, case_summaries: list[dict]) -> None:
+        """Write a version's attributes and task index, mark it complete, then point the dataset at it."""
+        index: dict[str, dict[str, list]] = {}
+        cases: dict[str, dict] = {}
+        for summary in sorted(case_summaries, key=lambda s: (s["case"], s["axis"])):
+            axis = str(summary["axis"])
+            cases.setdefault(summary["case"], {"key": summary["key"], "axes": {}})["axes"][axis] = summary["indices"]
+            for value, sizes in summary["foreground"].items():
+                index.setdefault(value, {}).setdefault(axis, []).extend(
+                    [summary["case"], pos, idx, fg]
+                    for pos, (idx, fg) in enumerate(zip(summary["indices"], sizes, strict=True))
+                    if fg > 0
+                )
+        group = self._root.require_group(f"datasets/{dataset}/versions/{version}")
+        group.attrs.update({**meta, "dataset": dataset, "cases": cases, "index": index, "complete": True})
+        self.point_current(dataset, version)
+
+    def point_current(self, dataset: str, version: str) -> None:
+        """Make `version` the dataset's current version: the one small write readers follow."""
+        self._root[f"datasets/{dataset}"].attrs.update({"current_version": version})
