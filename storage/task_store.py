@@ -23,7 +23,8 @@ Layout (schema version 1)::
   maps each task to its slices and their foreground sizes (pixels at the store's resolution).
 - Versions are immutable manifests (case keys, task index, attributes): a new version is written aside under
   its content-derived id, marked complete, and becomes current only when the dataset's pointer is written
-  last. Readers only follow pointers, so a half-written version is never visible (no atomic rename needed, which object stores lack).
+  last. Readers only follow pointers, so a half-written version is never visible (no atomic rename needed,
+  which object stores lack).
 - The snapshot id hashes the metadata of every dataset's current version; training records it.
 - Attributes hold no patient identifiers: sources are named by content hash, cases by their file stem.
 """
