@@ -98,8 +98,8 @@ def resolve_version(tracking_uri: str, name: str, alias_or_version: str) -> str:
     client = MlflowClient(tracking_uri)
     try:
         if alias_or_version.isdigit():
-            return client.get_model_version(name, alias_or_version).version
-        return client.get_model_version_by_alias(name, alias_or_version).version
+            return str(client.get_model_version(name, alias_or_version).version)
+        return str(client.get_model_version_by_alias(name, alias_or_version).version)
     except MlflowException as error:
         raise RegistryError(f"model {name!r} has no version or alias {alias_or_version!r}") from error
 

@@ -4,8 +4,6 @@ The deployment loads `models:/<name>@<alias>` from the configured MLflow at star
 it loaded. Bad input raises `InvalidInput`, turned into a typed 4xx JSON error naming the file.
 """
 
-from __future__ import annotations
-
 import base64
 import time
 import uuid
