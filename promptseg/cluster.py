@@ -99,7 +99,7 @@ def connect(services_dir: Path, ray_address: str | None, *, start: bool = True) 
     return address
 
 
-def stop_head(services_dir: Path, timeout_s: float = 30.0) -> bool:
+def stop_head(services_dir: Path, timeout_s: float = 10.0) -> bool:
     """Stop the head this workspace started (its whole process group); False if none was recorded."""
     path = services_dir / RECORD
     if not path.exists():

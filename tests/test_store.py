@@ -1,0 +1,106 @@
+"""The synthetic generator and the Zarr task store: determinism, round trip, index, versions, schema checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from storage.errors import RawDataError, StoreSchemaError
+from storage.harmonize import from_model_grid, to_model_grid
+from storage.raw_dataset import load_raw_dataset
+from storage.synthetic import CENTERS, LABELS, synthesize_case, write_center_dataset
+from storage.task_store import TaskStore
+
+
+def test_generator_is_deterministic_and_cases_vary(tmp_path: Path) -> None:
+    first = write_center_dataset(tmp_path / "a", CENTERS[0], n_cases=2, seed=7)
+    second = write_center_dataset(tmp_path / "b", CENTERS[0], n_cases=2, seed=7)
+    for name in ("imagesTr/center-a_000_0000.nii.gz", "labelsTr/center-a_001.nii.gz"):
+        assert np.array_equal(nib.load(first / name).get_fdata(), nib.load(second / name).get_fdata())
+    rng = np.random.default_rng(0)
+    _, label_a = synthesize_case(CENTERS[0], rng, (48, 48, 16))
+    _, label_b = synthesize_case(CENTERS[0], rng, (48, 48, 16))
+    assert set(np.unique(label_a)) == {0, *LABELS.values()}
+    for value in LABELS.values():
+        assert not np.array_equal(label_a == value, label_b == value), "position/size should vary per case"
+
+
+def test_centers_differ_in_intensity_range() -> None:
+    ct, ct_label = synthesize_case(CENTERS[0], np.random.default_rng(1), (48, 48, 16))
+    mr, mr_label = synthesize_case(CENTERS[1], np.random.default_rng(1), (48, 48, 16))
+    assert ct.min() < -500 and mr.min() > -200  # CT-like air vs MR-like non-negative scale
+    assert np.median(ct[ct_label == LABELS["spine"]]) > np.median(ct[ct_label == LABELS["liver"]])
+    assert np.median(mr[mr_label == LABELS["spine"]]) < np.median(mr[mr_label == LABELS["liver"]])
+
+
+def test_msd_layout_reader(tmp_path: Path) -> None:
+    folder = write_center_dataset(tmp_path, CENTERS[1], n_cases=2, seed=0)
+    dataset = load_raw_dataset(folder)
+    assert dataset.modality == "MR" and dataset.center == "center-b"
+    assert dataset.labels == {value: name for name, value in LABELS.items()}
+    assert [case.case_id for case in dataset.cases] == ["center-b_000", "center-b_001"]
+    with pytest.raises(RawDataError, match=r"dataset\.json"):
+        load_raw_dataset(tmp_path / "missing")
+
+
+def _write_case(store: TaskStore, dataset: str, key: str, case: str, n: int, value: int) -> tuple[dict, np.ndarray]:
+    r = store.resolution
+    rng = np.random.default_rng(n)
+    images = rng.random((n, r, r)).astype(np.float32)
+    labels = np.zeros((n, r, r), np.uint8)
+    for i in range(n):
+        labels[i, : 2 + i, :3] = value
+    return store.write_case(dataset, key, case, 2, images, labels, list(range(10, 10 + n))), images
+
+
+def test_store_round_trip_index_and_versions(tmp_path: Path) -> None:
+    store = TaskStore.open(str(tmp_path / "store.zarr"), 32, create=True)
+    summary_a, images_a = _write_case(store, "ds", "key-a", "case-a", 3, 4)
+    summary_b, _ = _write_case(store, "ds", "key-b", "case-b", 2, 4)
+    assert store.datasets() == []  # nothing is visible before a version is committed
+    meta = {"labels": {"4": "lesion"}, "center": "c", "modality": "CT", "fingerprint": {}, "normalization": {}}
+    store.commit_version("ds", "v1", meta, [summary_a, summary_b])
+    assert store.datasets() == ["ds"]
+    [task] = store.tasks()
+    assert task.task_id == "ds/lesion/axis2" and task.cases == ["case-a", "case-b"]
+    assert [(s.case, s.index, s.foreground) for s in task.slices[:3]] == [
+        ("case-a", 10, 6),
+        ("case-a", 11, 9),
+        ("case-a", 12, 12),
+    ]
+    images, masks = store.read_slices(task, list(task.slices[:3]))
+    assert images.shape == (3, 32, 32) and masks.dtype == np.uint8
+    np.testing.assert_allclose(images, images_a, atol=1e-3)  # float16 storage
+    assert masks.sum(axis=(1, 2)).tolist() == [6, 9, 12]
+
+    snapshot = store.snapshot_id()
+    reopened = TaskStore.open(str(tmp_path / "store.zarr"), 32)
+    assert reopened.snapshot_id() == snapshot
+    store.commit_version("ds", "v2", {**meta, "center": "other"}, [summary_a])
+    assert store.current_version("ds") == "v2" and store.snapshot_id() != snapshot
+    assert store.has_complete_version("ds", "v1")  # old versions stay, immutable
+
+
+def test_store_refuses_other_resolution_and_schema(tmp_path: Path) -> None:
+    url = str(tmp_path / "store.zarr")
+    store = TaskStore.open(url, 32, create=True)
+    with pytest.raises(StoreSchemaError, match="resolution 32, expected 64"):
+        TaskStore.open(url, 64)
+    store._root.attrs.update({"schema_version": 99})
+    with pytest.raises(StoreSchemaError, match="schema version 99"):
+        TaskStore.open(url)
+    with pytest.raises(StoreSchemaError, match="no task store"):
+        TaskStore.open(str(tmp_path / "absent.zarr"))
+
+
+def test_model_grid_round_trip_restores_native_geometry() -> None:
+    label = np.zeros((1, 30, 50), np.float32)
+    label[0, 5:20, 10:40] = 1
+    grid, geometry = to_model_grid(label, 64, label=True)
+    assert grid.shape == (1, 64, 64) and set(np.unique(grid)) == {0.0, 1.0}
+    back = from_model_grid(grid, geometry, label=True)
+    assert back.shape == (1, 30, 50)
+    assert (back == label).mean() > 0.98
