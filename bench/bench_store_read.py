@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.fingerprint import dataset_fingerprint
-from storage.harmonize import normalization_for
+from storage.harmonize import normalization_from_fingerprint
 from storage.preprocess import inspect_case, preprocess_case, version_id_for
 from storage.raw_dataset import load_raw_dataset
 from storage.sampler import EpisodeSampler, split_tasks
@@ -31,8 +31,7 @@ def build_store(root: Path, resolution: int) -> TaskStore:
         dataset = load_raw_dataset(folder)
         cases = [inspect_case(case, dataset.labels) for case in dataset.cases]
         fingerprint = dataset_fingerprint(cases)
-        fg = fingerprint["foreground_intensity"]
-        params = normalization_for(dataset.modality, (fg["percentile_00_5"], fg["percentile_99_5"]))
+        params = normalization_from_fingerprint(dataset.modality, fingerprint)
         summaries = [preprocess_case(store, dataset.name, case, params, 2, 0.1) for case in cases]
         record = {"cases": cases, "labels": {str(k): v for k, v in dataset.labels.items()}}
         store.commit_version(

@@ -21,7 +21,7 @@ from rich.progress import Progress
 
 from storage.errors import RawDataError
 from storage.fingerprint import dataset_fingerprint
-from storage.harmonize import NormalizationParams, normalization_for
+from storage.harmonize import NormalizationParams, normalization_from_fingerprint
 from storage.preprocess import case_key_for, inspect_case, preprocess_case, version_id_for
 from storage.raw_dataset import RawCase, load_raw_dataset
 from storage.task_store import TaskStore
@@ -71,7 +71,7 @@ def ingest_flow(sources: list[str], raw_dir: str) -> list[dict]:
             "labels": {str(k): v for k, v in dataset.labels.items()},
             "source": str(Path(source).resolve()),
             "fingerprint": dataset_fingerprint(cases),
-            "cases": cases,
+            "cases": [{k: v for k, v in case.items() if k != "foreground_sample"} for case in cases],
             "rejected": rejected,
         }
         _write_json(_record_path(Path(raw_dir), dataset.name), record)
@@ -103,8 +103,7 @@ def preprocess_flow(raw_dir: str, store_url: str, resolution: int, datasets: lis
     summaries = []
     for path in records:
         record = json.loads(path.read_text())
-        foreground = record["fingerprint"]["foreground_intensity"]
-        params = normalization_for(record["modality"], (foreground["percentile_00_5"], foreground["percentile_99_5"]))
+        params = normalization_from_fingerprint(record["modality"], record["fingerprint"])
         futures = [
             preprocess_case_task.submit(
                 store_url, record["dataset"], case, params.to_dict(), resolution, AXIS, EMPTY_FRACTION

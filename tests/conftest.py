@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ RESOLUTION = 64
 TRAIN_STEPS = 300
 os.environ["PROMPTSEG_WORKSPACE"] = str(WORKSPACE)
 os.environ["PROMPTSEG_RESOLUTION"] = str(RESOLUTION)
-os.environ["PROMPTSEG_SERVE_PORT"] = os.environ.get("PROMPTSEG_TEST_SERVE_PORT", "18765")
+with socket.socket() as _probe:
+    _probe.bind(("127.0.0.1", 0))
+    os.environ["PROMPTSEG_SERVE_PORT"] = str(_probe.getsockname()[1])
 for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
     os.environ.pop(variable, None)
 
