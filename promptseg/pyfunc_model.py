@@ -20,7 +20,7 @@ from mlflow.models import set_model
 from promptseg.checkpoint import load_model
 
 # predict() is deliberately unannotated (a dict of arrays has no MLflow type-hint schema); MLflow warns about it.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class PromptSegPyfunc(mlflow.pyfunc.PythonModel):
