@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/bench_store_read.py
+	$(BIN)/python bench/bench_preprocess.py
 	$(BIN)/python bench/bench_endpoint_latency.py
 
 clean:

@@ -41,10 +41,19 @@ def _show(payload: object) -> None:
 
 @app.command()
 def synth(out: Path, cases: int = 6, seed: int = 0) -> None:
-    """Write the synthetic multi-center datasets (MSD layout) under OUT."""
+    """Write the multi-center simulator's datasets (NIfTI/MSD, NRRD, DICOM) under OUT."""
     from storage.synthetic import write_synthetic_datasets
 
     _show([str(p) for p in write_synthetic_datasets(out, cases, seed)])
+
+
+@app.command()
+def verify(sources: list[Path]) -> None:
+    """Check raw datasets before ingest; print every problem with its file (exit code 1 if any)."""
+    report = stages.verify(sources)
+    _show(report)
+    if any(report.values()):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -60,10 +60,16 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     start = time.monotonic()
     console.rule("1/6 data: synthetic multi-center datasets + ct-abdomen-61 → ingest → preprocess (Prefect)")
     sources = [*write_synthetic_datasets(settings.root / "sources", n_cases=6, seed=0), SAMPLE_MANIFEST]
-    for summary in stages.ingest(settings, sources):
-        console.print(f"ingested {summary['dataset']}: {summary['cases']} cases, {len(summary['rejected'])} rejected")
-    for summary in stages.preprocess(settings):
-        console.print(f"store: {summary['dataset']} version {summary['version']} ({summary['cases']} cases)")
+    for summary in stages.ingest(settings, sources)["datasets"]:
+        console.print(
+            f"ingested {summary['dataset']} ({summary['center']}, {summary['modality']}): "
+            f"{summary['cases']} cases, {summary['rejected']} rejected"
+        )
+    for summary in stages.preprocess(settings)["datasets"]:
+        console.print(
+            f"store: {summary['dataset']} version {summary['version']}: {summary['cases']} cases, "
+            f"{summary['tasks']} tasks, {summary['slices']} slices"
+        )
 
     console.rule(f"2/6 train: tiny PromptSeg, {steps} steps, Ray Train with 2 CPU workers (DDP, gloo)")
     trained = stages.train(settings, steps=steps)

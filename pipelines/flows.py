@@ -1,10 +1,13 @@
-"""Prefect flows of the data stage: `ingest` (inspect raw datasets) and `preprocess` (write the task store).
+"""Prefect flows of the data stage: `ingest` (check raw datasets) and `preprocess` (write the task store).
 
-- ingest: one task per case reads it once (hashes, geometry, a foreground sample); the dataset fingerprint and
-  an ingest record (JSON, no patient identifiers) are written to the workspace. A bad case is reported with its
-  file and problem and left out; the other cases still complete.
-- preprocess: one cached task per case harmonizes it into the store. The cache key is the case's content key, so
-  an unchanged case costs nothing on the next run; the new version becomes current after all cases are written.
+- ingest: one task per case reads it once (storage.verify: every problem, with its file relative to the dataset
+  root). Good cases get a keyed pseudonym (storage.privacy) and go into the dataset's ingest record (JSON in the
+  workspace) with the fingerprint; bad cases are reported and left out while every good case still lands.
+- preprocess: one task per case harmonizes it into the store, in parallel on Dask (a local cluster by default,
+  a scheduler address by configuration), retried on transient errors, cached by the case's content key (source
+  hashes + plan + recipe code version) so an unchanged case costs nothing. A new dataset version becomes current
+  after all its cases are written; a case that fails is reported and left out of it.
+Each run ends with a Markdown summary artifact (datasets, cases, tasks, slices, bytes, failures, time).
 """
 
 from __future__ import annotations
@@ -12,31 +15,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.futures import as_completed
-from rich.progress import Progress
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
+from prefect_dask import DaskTaskRunner
 
-from storage.errors import RawDataError
+from storage.errors import StorageError
 from storage.fingerprint import dataset_fingerprint
-from storage.harmonize import NormalizationParams, normalization_from_fingerprint
-from storage.preprocess import case_key_for, inspect_case, preprocess_case, version_id_for
+from storage.preprocess import PreprocessPlan, case_key_for, plan_for, preprocess_case, version_id_for
+from storage.privacy import keyed_case_id, workspace_secret
 from storage.raw_dataset import RawCase, load_raw_dataset
 from storage.task_store import TaskStore
-
-AXIS = 2
-EMPTY_FRACTION = 0.1
+from storage.verify import check_case, dataset_root, relative
 
 
-@task(name="inspect-case")
-def inspect_case_task(case: RawCase, labels: dict[int, str]) -> dict:
-    return inspect_case(case, labels)
-
-
-def _record_path(raw_dir: Path, dataset: str) -> Path:
-    return raw_dir / f"{dataset}.json"
+def dask_runner(address: str | None, workers: int) -> DaskTaskRunner:
+    """Dask for per-case work: the scheduler at `address`, or a local cluster of single-threaded processes."""
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -47,93 +50,182 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
+def _summary_artifact(key: str, title: str, rows: list[dict], failures: list[dict], seconds: float) -> None:
+    lines = [f"# {title}", "", f"{seconds:.1f} s", ""]
+    if rows:
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    lines += ["", f"## Failures ({len(failures)})", ""]
+    lines += [f"- {f.get('dataset', '')} {f.get('file', '')}: {f['problem']}" for f in failures]
+    create_markdown_artifact("\n".join(lines), key=key, description=title)
+
+
+@task(name="check-case", retries=2, retry_delay_seconds=1)
+def check_case_task(case: RawCase, labels: dict[int, str], root: str) -> tuple[dict | None, list[dict]]:
+    record, problems = check_case(case, labels, Path(root))
+    return record, [problem.to_dict() for problem in problems]
+
+
 @flow(name="ingest")
-def ingest_flow(sources: list[str], raw_dir: str) -> list[dict]:
-    """Inspect every case of every source dataset; write one ingest record per dataset."""
-    summaries = []
+def ingest_flow(sources: list[str], raw_dir: str, secret_path: str) -> dict:
+    """Check every case of every source dataset; write one ingest record per dataset with good cases."""
+    start = time.monotonic()
+    secret = workspace_secret(Path(secret_path))
+    rows, failures = [], []
     for source in sources:
-        dataset = load_raw_dataset(Path(source))
-        futures = {inspect_case_task.submit(case, dataset.labels): case for case in dataset.cases}
-        cases, rejected = [], []
-        with Progress(transient=True) as progress:
-            bar = progress.add_task(f"ingest {dataset.name}", total=len(futures))
-            for future in as_completed(list(futures)):
-                try:
-                    cases.append(future.result())
-                except RawDataError as error:
-                    rejected.append({"case": futures[future].case_id, "file": error.path, "problem": error.problem})
-                progress.advance(bar)
-        cases.sort(key=lambda c: c["case"])
-        record = {
-            "dataset": dataset.name,
-            "center": dataset.center,
-            "modality": dataset.modality,
-            "labels": {str(k): v for k, v in dataset.labels.items()},
-            "source": str(Path(source).resolve()),
-            "fingerprint": dataset_fingerprint(cases),
-            "cases": [{k: v for k, v in case.items() if k != "foreground_sample"} for case in cases],
-            "rejected": rejected,
-        }
-        _write_json(_record_path(Path(raw_dir), dataset.name), record)
-        summaries.append({"dataset": dataset.name, "cases": len(cases), "rejected": rejected})
-    return summaries
+        try:
+            dataset = load_raw_dataset(Path(source))
+        except StorageError as error:
+            failures.append({"dataset": Path(source).name, "file": Path(source).name, "problem": str(error)})
+            continue
+        root = dataset_root(Path(source))
+        futures = [check_case_task.submit(case, dataset.labels, str(root)) for case in dataset.cases]
+        cases, problems = [], []
+        for case, future in zip(dataset.cases, futures, strict=True):
+            future.wait()
+            state = future.state
+            if state.is_completed():
+                record, case_problems = future.result()
+            else:
+                record, case_problems = (
+                    None,
+                    [
+                        {
+                            "case": case.case_id,
+                            "file": relative(case.image, root),
+                            "problem": f"could not be checked: {state.message}",
+                        }
+                    ],
+                )
+            problems.extend({"dataset": dataset.name, **p} for p in case_problems)
+            if record is not None:
+                cases.append({**record, "store_id": keyed_case_id(secret, dataset.name, case.case_id)})
+        failures.extend(problems)
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "center": dataset.center,
+                "modality": dataset.modality,
+                "cases": len(cases),
+                "rejected": len({p["case"] for p in problems}),
+            }
+        )
+        if not cases:
+            continue
+        _write_json(
+            Path(raw_dir) / f"{dataset.name}.json",
+            {
+                "dataset": dataset.name,
+                "center": dataset.center,
+                "modality": dataset.modality,
+                "labels": {str(k): v for k, v in dataset.labels.items()},
+                "source": str(Path(source).resolve()),
+                "fingerprint": dataset_fingerprint(cases),
+                "cases": [{k: v for k, v in c.items() if k != "foreground_sample"} for c in cases],
+                "rejected": problems,
+            },
+        )
+    _summary_artifact("ingest-summary", "Ingest", rows, failures, time.monotonic() - start)
+    return {"datasets": rows, "failures": failures}
 
 
 def _preprocess_cache_key(_: Any, parameters: dict[str, Any]) -> str:
     p = parameters
-    key = case_key_for(p["case"], NormalizationParams(**p["params"]), p["resolution"], p["axis"], p["empty_fraction"])
-    return "preprocess-" + hashlib.sha256(f"{p['store_url']}|{p['dataset']}|{key}".encode()).hexdigest()[:32]
+    key = f"{p['store_url']}|{p['dataset']}|{case_key_for(p['case'], PreprocessPlan.from_dict(p['plan']))}"
+    return "preprocess-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-@task(name="preprocess-case", cache_key_fn=_preprocess_cache_key, persist_result=True, result_serializer="json")
-def preprocess_case_task(
-    store_url: str, dataset: str, case: dict, params: dict, resolution: int, axis: int, empty_fraction: float
-) -> dict:
-    store = TaskStore.open(store_url, resolution)
-    return preprocess_case(store, dataset, case, NormalizationParams(**params), axis, empty_fraction)
+@task(
+    name="preprocess-case",
+    cache_key_fn=_preprocess_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=1,
+)
+def preprocess_case_task(store_url: str, dataset: str, case: dict, plan: dict) -> list[dict]:
+    plan_object = PreprocessPlan.from_dict(plan)
+    return preprocess_case(TaskStore.open(store_url, plan_object.resolution), dataset, case, plan_object)
 
 
 @flow(name="preprocess")
-def preprocess_flow(raw_dir: str, store_url: str, resolution: int, datasets: list[str] | None = None) -> list[dict]:
-    """Harmonize every ingested dataset (or those named) into the store; return one summary per dataset."""
+def preprocess_flow(
+    raw_dir: str, store_url: str, resolution: int, datasets: list[str] | None = None, axes: list[int] | None = None
+) -> dict:
+    """Harmonize every ingested dataset (or those named) into the store; one new version per changed dataset."""
+    start = time.monotonic()
     store = TaskStore.open(store_url, resolution, create=True)
-    records = sorted(Path(raw_dir).glob("*.json"))
-    if datasets:
-        records = [path for path in records if path.stem in datasets]
-    summaries = []
-    for path in records:
-        record = json.loads(path.read_text())
-        params = normalization_from_fingerprint(record["modality"], record["fingerprint"])
-        futures = [
-            preprocess_case_task.submit(
-                store_url, record["dataset"], case, params.to_dict(), resolution, AXIS, EMPTY_FRACTION
-            )
-            for case in record["cases"]
+    records = [json.loads(p.read_text()) for p in sorted(Path(raw_dir).glob("*.json"))]
+    records = [r for r in records if not datasets or r["dataset"] in datasets]
+    plans = {r["dataset"]: plan_for(r, resolution, tuple(axes or (0, 1, 2))) for r in records}
+    futures = {
+        r["dataset"]: [
+            preprocess_case_task.submit(store_url, r["dataset"], c, plans[r["dataset"]].to_dict()) for c in r["cases"]
         ]
-        with Progress(transient=True) as progress:
-            bar = progress.add_task(f"preprocess {record['dataset']}", total=len(futures))
-            for _ in as_completed(futures):
-                progress.advance(bar)
-        case_summaries = [future.result() for future in futures]
-        version = version_id_for(record, [s["key"] for s in case_summaries])
-        if not store.has_complete_version(record["dataset"], version):
+        for r in records
+    }
+    wait([f for fs in futures.values() for f in fs])
+    rows, failures = [], []
+    for record in records:
+        name, done, keys, summaries = record["dataset"], [], [], []
+        for case, future in zip(record["cases"], futures[name], strict=True):
+            if future.state.is_completed():
+                done.append(case)
+                keys.append(case_key_for(case, plans[name]))
+                summaries = future.result()
+                rows.extend(
+                    {"dataset": name, "case": case["store_id"], "axis": s["axis"], "slices": len(s["indices"])}
+                    for s in summaries
+                )
+                record.setdefault("_summaries", []).extend(summaries)
+            else:
+                failures.append({"dataset": name, "file": Path(case["image"]).name, "problem": future.state.message})
+        if not done:
+            continue
+        kept = {**record, "cases": done}
+        version = version_id_for(kept, keys)
+        if store.has_complete_version(name, version):
+            if name not in store.datasets() or store.current_version(name) != version:
+                store.point_current(name, version)
+        else:
             store.commit_version(
-                record["dataset"],
+                name,
                 version,
                 {
                     "center": record["center"],
                     "modality": record["modality"],
                     "labels": record["labels"],
                     "fingerprint": record["fingerprint"],
-                    "normalization": params.to_dict(),
-                    "axes": [AXIS],
+                    "normalization": plans[name].normalization.to_dict(),
+                    "plan": plans[name].to_dict(),
                     "source_hashes": {
-                        c["case"]: {"image": c["image_sha256"], "label": c["label_sha256"]} for c in record["cases"]
+                        c["store_id"]: {"image": c["image_sha256"], "label": c["label_sha256"]} for c in done
                     },
                 },
-                case_summaries,
+                record["_summaries"],
             )
-        else:
-            store.point_current(record["dataset"], version)
-        summaries.append({"dataset": record["dataset"], "version": version, "cases": len(case_summaries)})
-    return summaries
+    return _preprocess_report(store, records, rows, failures, time.monotonic() - start)
+
+
+def _preprocess_report(
+    store: TaskStore, records: list[dict], rows: list[dict], failures: list[dict], seconds: float
+) -> dict:
+    per_dataset = []
+    tasks = store.tasks()
+    for record in records:
+        name = record["dataset"]
+        if name not in store.datasets():
+            continue
+        slices = sum(r["slices"] for r in rows if r["dataset"] == name)
+        per_dataset.append(
+            {
+                "dataset": name,
+                "version": store.current_version(name),
+                "cases": len({r["case"] for r in rows if r["dataset"] == name}),
+                "tasks": sum(1 for t in tasks if t.dataset == name),
+                "slices": slices,
+                "bytes": slices * store.resolution**2 * 3,  # float16 image + uint8 label, before compression
+            }
+        )
+    _summary_artifact("preprocess-summary", "Preprocess", per_dataset, failures, seconds)
+    return {"datasets": per_dataset, "failures": failures, "seconds": round(seconds, 1)}

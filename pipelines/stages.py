@@ -16,16 +16,29 @@ from promptseg.settings import Settings
 SERVE_RECORD = "serve.json"
 
 
-def ingest(settings: Settings, sources: list[Path]) -> list[dict]:
+def verify(sources: list[Path]) -> dict[str, list[dict]]:
+    from storage.verify import verify_dataset
+
+    report = {}
+    for source in sources:
+        dataset, problems = verify_dataset(source)
+        report[dataset.name] = [problem.to_dict() for problem in problems]
+    return report
+
+
+def ingest(settings: Settings, sources: list[Path]) -> dict:
     from pipelines.flows import ingest_flow
 
-    return ingest_flow([str(s) for s in sources], str(settings.raw_dir))
+    return ingest_flow([str(s) for s in sources], str(settings.raw_dir), str(settings.secret_path))
 
 
-def preprocess(settings: Settings, datasets: list[str] | None = None) -> list[dict]:
-    from pipelines.flows import preprocess_flow
+def preprocess(settings: Settings, datasets: list[str] | None = None) -> dict:
+    from pipelines.flows import dask_runner, preprocess_flow
 
-    return preprocess_flow(str(settings.raw_dir), settings.store, settings.resolution, datasets)
+    runner = dask_runner(settings.dask_address, settings.dask_workers)
+    return preprocess_flow.with_options(task_runner=runner)(
+        str(settings.raw_dir), settings.store, settings.resolution, datasets, settings.axes
+    )
 
 
 def train(

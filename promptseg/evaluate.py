@@ -142,7 +142,7 @@ def evaluate(network: PromptSeg, store: TaskStore, spec: EvalSpec, out_dir: Path
             for n in spec.n_prompts
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _dice_vs_n_plot(summary, out_dir / "dice_vs_n.png")
     return report
 

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     model_name: str = "promptseg"
     experiment: str = "promptseg"
     held_out: list[str] = ["kidney*"]
+    axes: list[int] = [0, 1, 2]
+    dask_address: str | None = None
+    dask_workers: int = 2
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("PROMPTSEG_RAY_ADDRESS", "RAY_ADDRESS"))
@@ -49,6 +52,11 @@ class Settings(BaseSettings):
     def raw_dir(self) -> Path:
         """Ingest records (one JSON per dataset) live here."""
         return self.root / "raw"
+
+    @property
+    def secret_path(self) -> Path:
+        """The workspace's key for case pseudonyms (storage.privacy)."""
+        return self.root / "secret.key"
 
     @property
     def ray_storage(self) -> Path:

@@ -24,6 +24,21 @@ def foreground_sample(image: np.ndarray, label: np.ndarray, seed: int) -> list[f
     return values.astype(float).tolist()
 
 
+ANISOTROPY_RATIO = 3.0
+
+
+def target_spacing(spacings: list[list[float]]) -> list[float]:
+    """nnU-Net's rule: the median spacing per axis; for anisotropic data (the coarsest median axis more than
+    3× the finest) the coarse axis takes the 10th percentile of its spacings instead, so thin slices are not
+    thrown away by resampling every case to the thickest ones."""
+    values = np.asarray(spacings, dtype=float)
+    target = np.median(values, axis=0)
+    coarse = int(np.argmax(target))
+    if target[coarse] > ANISOTROPY_RATIO * target.min():
+        target[coarse] = np.percentile(values[:, coarse], 10)
+    return target.tolist()
+
+
 def dataset_fingerprint(cases: list[dict]) -> dict:
     """Combine per-case records (shape, spacing, foreground sample) into the dataset fingerprint."""
     pooled = np.concatenate([np.asarray(case["foreground_sample"], float) for case in cases] or [np.zeros(1)])
@@ -32,6 +47,7 @@ def dataset_fingerprint(cases: list[dict]) -> dict:
         "shapes": [case["shape"] for case in cases],
         "spacings": [case["spacing"] for case in cases],
         "median_spacing": np.median([case["spacing"] for case in cases], axis=0).tolist(),
+        "target_spacing": target_spacing([case["spacing"] for case in cases]),
         "foreground_intensity": {
             "percentile_00_5": float(low),
             "percentile_99_5": float(high),

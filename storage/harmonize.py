@@ -8,9 +8,11 @@ differently from the ones it was trained on.
   non-zero pixels; 8-bit images are divided by 255. Then, unlike nnU-Net's z-score and as UniverSeg's data does,
   the clipped range is scaled to [0, 1]: in-context models compare prompt and query pixels directly, and a fixed
   range keeps images from different centers and modalities on one scale.
-- Geometry: a 2D slice is zero-padded to a square (centered) and resized to `resolution`×`resolution`
-  (bilinear with antialiasing for images, nearest for label maps). `SliceGeometry` records the padding so a
-  predicted mask is mapped back to the slice's native grid.
+- Spacing: volumes are resampled with SimpleITK to the dataset's target spacing (nnU-Net's rule, from the
+  fingerprint): linear for images, nearest neighbour for label maps so labels never get interpolated values.
+- Geometry: a 2D slice is resized keeping its physical aspect ratio and zero-padded (centered) into a
+  `resolution`×`resolution` grid (bilinear with antialiasing for images, nearest for label maps).
+  `SliceGeometry` records where it sits, so a predicted mask is mapped back to the slice's native grid.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -46,10 +49,12 @@ def normalization_for(
     return NormalizationParams(modality)
 
 
-def normalization_from_fingerprint(modality: str, fingerprint: dict) -> NormalizationParams:
-    """The recipe for a dataset from its fingerprint (storage.fingerprint)."""
+def normalization_from_fingerprint(
+    modality: str, fingerprint: dict, ct_window: tuple[float, float] | None = None
+) -> NormalizationParams:
+    """The recipe for a dataset from its fingerprint (storage.fingerprint); a CT window overrides percentiles."""
     foreground = fingerprint["foreground_intensity"]
-    return normalization_for(modality, (foreground["percentile_00_5"], foreground["percentile_99_5"]))
+    return normalization_for(modality, (foreground["percentile_00_5"], foreground["percentile_99_5"]), ct_window)
 
 
 def normalize_intensity(image: np.ndarray, params: NormalizationParams) -> np.ndarray:
@@ -69,40 +74,71 @@ def normalize_intensity(image: np.ndarray, params: NormalizationParams) -> np.nd
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """Native size of a 2D slice and the padding that made it square."""
+    """Native size of a 2D slice and the box it occupies in the square model grid."""
 
     height: int
     width: int
-    pad_top: int
-    pad_left: int
-
-    @property
-    def side(self) -> int:
-        return max(self.height, self.width)
+    top: int
+    left: int
+    box_height: int
+    box_width: int
 
 
-def _resize(array: torch.Tensor, size: int, label: bool) -> torch.Tensor:
+def _resize(array: torch.Tensor, size: tuple[int, int], label: bool) -> torch.Tensor:
     if label:
-        return F.interpolate(array, size=(size, size), mode="nearest-exact")
-    return F.interpolate(array, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(array, size=size, mode="nearest-exact")
+    return F.interpolate(array, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def to_model_grid(slices: np.ndarray, resolution: int, *, label: bool = False) -> tuple[np.ndarray, SliceGeometry]:
-    """Pad a stack of 2D slices (K, H, W) to square and resize to resolution; return the stack and its geometry."""
+def to_model_grid(
+    slices: np.ndarray, resolution: int, *, label: bool = False, spacing: tuple[float, float] = (1.0, 1.0)
+) -> tuple[np.ndarray, SliceGeometry]:
+    """Fit a stack of 2D slices (K, H, W) with pixel `spacing` into a square resolution×resolution grid.
+
+    The slices keep their physical aspect ratio: the longer physical side spans the grid, the other is centered
+    with zero padding. One interpolation only (resize, then pad).
+    """
     _, height, width = slices.shape
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    padded = np.zeros((slices.shape[0], side, side), dtype=np.float32)
-    padded[:, top : top + height, left : left + width] = slices
-    resized = _resize(torch.from_numpy(padded)[:, None], resolution, label)[:, 0].numpy()
-    return resized, SliceGeometry(height, width, top, left)
+    extent_h, extent_w = height * spacing[0], width * spacing[1]
+    scale = resolution / max(extent_h, extent_w)
+    box_h = min(resolution, max(1, round(extent_h * scale)))
+    box_w = min(resolution, max(1, round(extent_w * scale)))
+    top, left = (resolution - box_h) // 2, (resolution - box_w) // 2
+    resized = _resize(torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None], (box_h, box_w), label)
+    grid = np.zeros((slices.shape[0], resolution, resolution), dtype=np.float32)
+    grid[:, top : top + box_h, left : left + box_w] = resized[:, 0].numpy()
+    return grid, SliceGeometry(height, width, top, left, box_h, box_w)
 
 
 def from_model_grid(slices: np.ndarray, geometry: SliceGeometry, *, label: bool = False) -> np.ndarray:
-    """Invert `to_model_grid`: resize (K, R, R) back to the square side and crop the padding away."""
-    square = _resize(torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None], geometry.side, label)
-    top, left = geometry.pad_top, geometry.pad_left
-    return square[:, 0, top : top + geometry.height, left : left + geometry.width].numpy()
+    """Invert `to_model_grid`: crop the slice's box out of the grid and resize it back to the native size."""
+    g = geometry
+    box = np.ascontiguousarray(slices[:, g.top : g.top + g.box_height, g.left : g.left + g.box_width], np.float32)
+    return _resize(torch.from_numpy(box)[:, None], (g.height, g.width), label)[:, 0].numpy()
+
+
+def resample_volume(
+    volume: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], *, label: bool = False
+) -> np.ndarray:
+    """Resample a RAS (x, y, z) array from `spacing` to `target` spacing (mm) with SimpleITK."""
+    if np.allclose(spacing, target):
+        return volume
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.shape, spacing, target, strict=True)]
+    interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    resampled = sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        [float(t) for t in target],
+        image.GetDirection(),
+        0,
+        image.GetPixelID(),
+    )
+    return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
 
 
 def volume_slices(volume: np.ndarray, axis: int) -> np.ndarray:

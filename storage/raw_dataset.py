@@ -1,11 +1,12 @@
 """Raw dataset layouts: the Medical Segmentation Decathlon / nnU-Net raw layout and a YAML manifest.
 
-A `RawDataset` lists cases (an image file, a label file) with the dataset's center, modality and label names.
+A `RawDataset` lists cases (an image source, a label source) with the dataset's center, modality and label names.
+A source is anything `storage.readers` reads: a file (NIfTI, NRRD, PNG/TIFF) or a folder holding a DICOM series.
 MSD layout: `dataset.json` (nnU-Net v2 keys `channel_names`/`labels` name→value, or MSD v1 keys
 `modality`/`labels` value→name with a `training` list), `imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`.
 An optional `center` key names the acquiring center. Manifest: a YAML file with `dataset`, `center`,
 `modality`, `labels` (a mapping value→name, or a JSON file holding one under `labels`) and `cases` (id, image,
-label), paths relative to the manifest.
+label), paths relative to the manifest, each a file or a DICOM folder.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def load_raw_dataset(path: Path) -> RawDataset:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise RawDataError(path, "file not found") from error
     except json.JSONDecodeError as error:
@@ -87,7 +88,7 @@ def _load_msd(root: Path) -> RawDataset:
 
 def _load_manifest(path: Path) -> RawDataset:
     try:
-        meta = yaml.safe_load(path.read_text())
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise RawDataError(path, "file not found") from error
     except yaml.YAMLError as error:

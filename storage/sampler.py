@@ -30,8 +30,19 @@ class Episode:
 MIN_FOREGROUND_FRACTION = 1e-3
 
 
+def is_held_out(task: Task, patterns: list[str]) -> bool:
+    """Whether a hold-out pattern names the task: `label:`, `task:`, `dataset:` or `center:` followed by a
+    shell-style pattern; a bare pattern matches the label name (e.g. `kidney*`)."""
+    fields = {"label": task.label_name, "task": task.task_id, "dataset": task.dataset, "center": task.center}
+    for pattern in patterns:
+        kind, _, value = pattern.partition(":") if pattern.split(":", 1)[0] in fields else ("", "", pattern)
+        if fnmatch(fields[kind or "label"], value):
+            return True
+    return False
+
+
 def split_tasks(tasks: list[Task], held_out: list[str], resolution: int | None = None) -> tuple[list[Task], list[Task]]:
-    """(training tasks, held-out tasks): a task is held out when its label name matches a pattern.
+    """(training tasks, held-out tasks) under the hold-out patterns of `is_held_out`.
 
     With `resolution`, slices whose structure covers less than MIN_FOREGROUND_FRACTION of the image are
     dropped (a few pixels carry no usable prompt), and tasks left with fewer than two slices with them.
@@ -40,10 +51,10 @@ def split_tasks(tasks: list[Task], held_out: list[str], resolution: int | None =
         least = MIN_FOREGROUND_FRACTION * resolution**2
         tasks = [replace(t, slices=tuple(s for s in t.slices if s.foreground >= least)) for t in tasks]
         tasks = [t for t in tasks if len(t.slices) >= 2]
-    is_held_out = [any(fnmatch(task.label_name, pattern) for pattern in held_out) for task in tasks]
+    flags = [is_held_out(task, held_out) for task in tasks]
     return (
-        [t for t, h in zip(tasks, is_held_out, strict=True) if not h],
-        [t for t, h in zip(tasks, is_held_out, strict=True) if h],
+        [t for t, h in zip(tasks, flags, strict=True) if not h],
+        [t for t, h in zip(tasks, flags, strict=True) if h],
     )
 
 

@@ -59,8 +59,8 @@ def raw_sources(settings: Settings) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def preprocessed(settings: Settings, prefect_harness: None, raw_sources: list[Path]) -> list[dict]:
-    """Ingest and preprocess every source once; returns the preprocess summaries."""
+def preprocessed(settings: Settings, prefect_harness: None, raw_sources: list[Path]) -> dict:
+    """Ingest and preprocess every source once; returns the preprocess report."""
     stages.ingest(settings, raw_sources)
     return stages.preprocess(settings)
 
@@ -75,7 +75,7 @@ def ray_head(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def trained(settings: Settings, preprocessed: list[dict], ray_head: str) -> dict:
+def trained(settings: Settings, preprocessed: dict, ray_head: str) -> dict:
     """The one model trained per session (2 Ray workers), registered as the challenger."""
     return stages.train(settings, steps=TRAIN_STEPS, run_name="session-model")
 

@@ -1,18 +1,19 @@
-"""Prefect flows of the data stage against the session's test harness: ingest, preprocess, cache reuse, bad input."""
+"""Prefect flows of the data stage against the session's test harness: ingest, preprocess, caching, privacy."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from pipelines.flows import ingest_flow, preprocess_flow
+from pipelines.flows import preprocess_flow
 from promptseg.settings import Settings
 from storage.sampler import split_tasks
 from storage.task_store import TaskStore
+
+DATASETS = ["ct-abdomen-61", "synth-center-a", "synth-center-b", "synth-center-c"]
 
 
 def _task_run_states(flow_run_id: object) -> list[str]:
@@ -21,43 +22,45 @@ def _task_run_states(flow_run_id: object) -> list[str]:
     return [run.state.name for run in runs if run.name.startswith("preprocess-case")]
 
 
-def test_preprocess_writes_store_with_all_datasets(settings: Settings, preprocessed: list[dict]) -> None:
+def _file_times(root: str) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
+
+
+def test_preprocess_writes_every_center_and_format(settings: Settings, preprocessed: dict) -> None:
     store = TaskStore.open(settings.store, settings.resolution)
-    assert store.datasets() == ["ct-abdomen-61", "synth-center-a", "synth-center-b"]
-    info = store.version_info("synth-center-a")
-    assert info["modality"] == "CT" and info["center"] == "center-a"
-    assert info["normalization"]["low"] < info["normalization"]["high"]
-    assert info["fingerprint"]["foreground_intensity"]["percentile_99_5"] > 0
-    assert "patient" not in json.dumps(info).lower()
-    training, held_out = split_tasks(store.tasks(), settings.held_out)
-    assert {t.task_id for t in held_out} >= {"synth-center-a/kidney/axis2", "synth-center-b/kidney/axis2"}
-    assert len(training) > 60  # 61 real structures + synthetic ones, minus kidneys
-    kidney = next(t for t in held_out if t.task_id == "synth-center-b/kidney/axis2")
+    assert store.datasets() == DATASETS and not preprocessed["failures"]
+    for name, modality, center in [
+        ("synth-center-a", "CT", "center-a"),
+        ("synth-center-b", "MR", "center-b"),
+        ("synth-center-c", "MR", "center-c"),
+    ]:
+        info = store.version_info(name)
+        assert (info["modality"], info["center"]) == (modality, center)
+        assert len(info["plan"]["target_spacing"]) == 3 and info["plan"]["axes"] == [0, 1, 2]
+    ct = store.version_info("ct-abdomen-61")
+    assert len(ct["labels"]) == 61 and ct["normalization"]["low"] < ct["normalization"]["high"]
+    _, held_out = split_tasks(store.tasks(), settings.held_out)
+    assert {f"synth-center-{c}/kidney/axis{a}" for c in "abc" for a in (0, 1, 2)} <= {t.task_id for t in held_out}
+    kidney = next(t for t in held_out if t.task_id == "synth-center-c/kidney/axis2")
     images, masks = store.read_slices(kidney, list(kidney.slices[:4]))
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert [int(m.sum()) for m in masks] == [s.foreground for s in kidney.slices[:4]]
 
 
-def test_second_preprocess_run_is_served_from_cache(settings: Settings, preprocessed: list[dict]) -> None:
-    snapshot = TaskStore.open(settings.store).snapshot_id()
+def test_store_names_cases_by_keyed_pseudonyms_only(settings: Settings, preprocessed: dict) -> None:
+    store = TaskStore.open(settings.store)
+    attributes = json.dumps([store.version_info(name) for name in store.datasets()])
+    assert "center-a_000" not in attributes and "case000" not in attributes
+    cases = {ref.case for task in store.tasks() for ref in task.slices}
+    assert all(len(case) == 17 and case.startswith("c") for case in cases)
+
+
+def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, preprocessed: dict) -> None:
+    before, snapshot = _file_times(settings.store), TaskStore.open(settings.store).snapshot_id()
     state = preprocess_flow(str(settings.raw_dir), settings.store, settings.resolution, return_state=True)
-    summaries = state.result()
-    assert [s["version"] for s in summaries] == [s["version"] for s in preprocessed]
+    report = state.result()
+    assert [d["version"] for d in report["datasets"]] == [d["version"] for d in preprocessed["datasets"]]
     states = _task_run_states(state.state_details.flow_run_id)
-    assert len(states) == 4 + 4 + 1 and set(states) == {"Cached"}
+    assert len(states) == 1 + 3 * 4 and set(states) == {"Cached"}
+    assert _file_times(settings.store) == before
     assert TaskStore.open(settings.store).snapshot_id() == snapshot
-
-
-def test_bad_case_is_reported_and_others_complete(
-    settings: Settings, prefect_harness: None, raw_sources: list[Path], tmp_path: Path
-) -> None:
-    folder = tmp_path / "broken"
-    shutil.copytree(raw_sources[1], folder)
-    (folder / "imagesTr" / "center-b_002_0000.nii.gz").write_bytes(b"not a nifti file")
-    [summary] = ingest_flow([str(folder)], str(tmp_path / "raw"))
-    assert summary["cases"] == 3
-    [rejected] = summary["rejected"]
-    assert rejected["case"] == "center-b_002" and rejected["file"].endswith("center-b_002_0000.nii.gz")
-    assert "not a readable NIfTI" in rejected["problem"]
-    record = json.loads((tmp_path / "raw" / f"{summary['dataset']}.json").read_text())
-    assert [c["case"] for c in record["cases"]] == ["center-b_000", "center-b_001", "center-b_003"]

@@ -36,7 +36,7 @@ def test_centers_differ_in_intensity_range() -> None:
     assert np.median(mr[mr_label == LABELS["spine"]]) < np.median(mr[mr_label == LABELS["liver"]])
 
 
-def test_msd_layout_reader(tmp_path: Path) -> None:
+def test_raw_dataset_reader_for_manifest_and_missing_paths(tmp_path: Path) -> None:
     folder = write_center_dataset(tmp_path, CENTERS[1], n_cases=2, seed=0)
     dataset = load_raw_dataset(folder)
     assert dataset.modality == "MR" and dataset.center == "center-b"

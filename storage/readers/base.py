@@ -1,0 +1,76 @@
+"""What every raw-volume reader returns and must check: the `Volume`, the `VolumeReader` interface, shared guards.
+
+A `Volume` holds pixel data in RAS orientation (nibabel's `as_closest_canonical` convention: array indices increase
+toward Right, Anterior, Superior along axes 0, 1, 2), the voxel spacing in millimetres and, where the format
+records it, the modality. Nothing else leaves a reader: header fields that can carry patient data are never copied.
+The guards here are shared so that every format refuses the same things with the same `RawDataError` messages.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.errors import RawDataError
+
+# Beyond these a header is corrupt or hostile (no scan of a body is this large); refusing it from the header keeps
+# a forged file from exhausting memory before any data is read.
+MAX_VOXELS = 2**31
+MAX_DECODED_BYTES = 8 * 2**30
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D array in RAS orientation with its voxel spacing in millimetres and the modality the file states."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    modality: str | None = None
+
+
+class VolumeReader(ABC):
+    """One raw format: recognizes its paths and reads them as a checked `Volume`."""
+
+    name: str
+
+    @abstractmethod
+    def matches(self, path: Path) -> bool:
+        """Whether `path` (a file or folder) is in this reader's format, judged without reading its data."""
+
+    @abstractmethod
+    def read(self, path: Path, dtype: type = np.float32) -> Volume:
+        """Read `path` as a RAS-oriented `Volume` of `dtype`; raise RawDataError naming `path` on any failure."""
+
+
+def check_size(path: Path, shape: Sequence[int], itemsize: int) -> None:
+    """Refuse a header whose shape promises an absurd amount of data (called before any data is decoded)."""
+    voxels = math.prod(int(n) for n in shape)
+    if voxels > MAX_VOXELS or voxels * itemsize > MAX_DECODED_BYTES:
+        raise RawDataError(
+            path, f"header promises an absurd size {tuple(shape)} ({voxels} voxels, {voxels * itemsize} bytes)"
+        )
+
+
+def check_spacing(path: Path, spacing: Sequence[float]) -> tuple[float, float, float]:
+    """The spacing as three floats; refuse zero, negative or non-finite values."""
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
+        raise RawDataError(path, f"voxel spacing {values} must be three positive numbers")
+    return values  # type: ignore[return-value]
+
+
+def checked_volume(
+    path: Path, array: np.ndarray, spacing: Sequence[float], dtype: type, modality: str | None = None
+) -> Volume:
+    """Apply the shared guards to decoded data (still in its stored dtype) and cast it to `dtype`."""
+    if array.ndim != 3:
+        raise RawDataError(path, f"expected a 3D volume, got shape {array.shape}")
+    # Checked before the cast: NaN cast to an integer type silently becomes an arbitrary number.
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise RawDataError(path, "contains NaN or infinite values")
+    return Volume(array=array.astype(dtype, copy=False), spacing=check_spacing(path, spacing), modality=modality)
