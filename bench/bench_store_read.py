@@ -2,7 +2,8 @@
 
 Builds a store from the multi-center simulator in a temporary workspace through the real ingest and preprocess
 flows, then draws episodes of N prompts + 1 query (images and label maps; tensorstore reads of only the needed
-chunks). Prints one JSON line per N. Aim (issue 3): at least 500 episodes/s for N=8, Q=1 at 256².
+chunks), without and with the training augmentation. Prints one JSON line per configuration.
+Aim (issue 3): at least 500 episodes/s for N=8, Q=1 at 256².
 Usage: python bench/bench_store_read.py [--resolution 256] [--seconds 10]
 """
 
@@ -36,8 +37,8 @@ def main() -> None:
         stages.preprocess(settings)
         store = TaskStore.open(settings.store, args.resolution)
         tasks, _ = split_tasks(store.tasks(), [], store.resolution)
-        for n_prompts in (1, 8):
-            sampler = EpisodeSampler(store, tasks, seed=0)
+        for n_prompts, augment in ((1, False), (8, False), (8, True)):
+            sampler = EpisodeSampler(store, tasks, seed=0, augment=augment)
             count, start = 0, time.perf_counter()
             while time.perf_counter() - start < args.seconds:
                 sampler.sample(n_prompts, 1)
@@ -51,6 +52,7 @@ def main() -> None:
                         "resolution": args.resolution,
                         "n_prompts": n_prompts,
                         "queries": 1,
+                        "augment": augment,
                         "episodes_per_s": round(count / elapsed, 1),
                         "slices_per_s": round(count * 2 * (n_prompts + 1) / elapsed, 1),
                         "tasks": len(tasks),

@@ -97,7 +97,7 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     _, held_out = split_tasks(store.tasks(), settings.held_out, store.resolution)
     results = Table("held-out task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
     example = None
-    for task in [t for t in held_out if len(t.cases) > 1]:
+    for task in [t for t in held_out if len(t.cases) > 1 and t.axis == 2]:  # axial slices, several cases
         folder = settings.root / "demo" / task.task_id.replace("/", "_")
         files = export_episode(store, task, folder)
         answer = query_files(

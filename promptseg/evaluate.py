@@ -42,7 +42,7 @@ class EvalSpec:
 def overlay_png(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, path: Path, title: str) -> None:
     """The query (in [0, 1]) with the reference contour (green, if known) and the prediction (red)."""
     figure, axis = plt.subplots(figsize=(3, 3), dpi=100)
-    axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+    axis.imshow(np.asarray(image, np.float32), cmap="gray", vmin=0, vmax=1)
     if truth is not None and truth.any():
         axis.contour(truth, levels=[0.5], colors="lime", linewidths=1)
     if prediction.any():
@@ -87,7 +87,7 @@ def evaluate(network: PromptSeg, store: TaskStore, spec: EvalSpec, out_dir: Path
                 with torch.inference_mode():
                     logits = network(
                         *(
-                            torch.from_numpy(a)[None]
+                            torch.from_numpy(a)[None].float()
                             for a in (episode.prompt_images, episode.prompt_masks, episode.query_images)
                         )
                     )[0]

@@ -70,7 +70,7 @@ def _learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def _as_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(value).to(device) for key, value in batch.items()}
+    return {key: torch.from_numpy(value).to(device).float() for key, value in batch.items()}
 
 
 def train_loop_per_worker(raw_config: dict) -> None:

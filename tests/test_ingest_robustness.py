@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from pipelines.flows import ingest_flow, preprocess_flow
 from storage.preprocess import plan_for, preprocess_case
 from storage.synthetic import write_synthetic_datasets
@@ -154,6 +156,14 @@ def test_every_kind_of_bad_case_is_reported_and_good_cases_land(
     assert summary["datasets"][0]["cases"] == 2 and not summary["failures"]
 
 
+def test_verify_prints_every_problem_with_its_file(corpus: Path) -> None:
+    result = CliRunner().invoke(app, ["verify", str(corpus)])
+    assert result.exit_code == 1
+    problems = json.loads(result.output)["corpus"]
+    assert {p["case"] for p in problems} == set(CORPUS)
+    assert {"case": "nan", "file": "cases/nan.nii.gz", "problem": "contains NaN or infinite values"} in problems
+
+
 def test_killed_run_is_invisible_and_the_next_run_completes_it(prefect_harness: None, tmp_path: Path) -> None:
     [source] = [write_synthetic_datasets(tmp_path / "src", n_cases=3, seed=3)[0]]
     raw, url = tmp_path / "raw", str(tmp_path / "store.zarr")
@@ -197,7 +207,8 @@ def test_patient_identifiers_reach_neither_store_nor_records_nor_artifacts(
     assert report["datasets"][0]["cases"] == 2
     with get_client(sync_client=True) as client:
         artifacts = json.dumps([a.data for a in client.read_artifacts()])
-    texts = [json.dumps(ingest), json.dumps(report), artifacts]
+        logs = json.dumps([log.message for log in client.read_logs()])
+    texts = [json.dumps(ingest), json.dumps(report), artifacts, logs]
     texts += [p.read_text(errors="ignore") for p in raw.rglob("*.json")]
     blobs = [p.read_bytes() for p in url.rglob("*") if p.is_file()]
     for secret in ("DOE", "JANE", "MRN-0042"):

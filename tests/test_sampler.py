@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 
 from promptseg.settings import Settings
@@ -49,6 +51,18 @@ def test_restored_state_gives_the_same_episodes(settings: Settings, preprocessed
     again = sampler.sample_batch(3, 4)
     for key in first:
         assert np.array_equal(first[key], again[key])
+
+
+def test_sampler_travels_to_worker_processes(settings: Settings, preprocessed: dict) -> None:
+    """A pickled sampler (as DataLoader or Ray workers receive it) reopens the store and draws the same episodes."""
+    store = TaskStore.open(settings.store, settings.resolution)
+    training, _ = split_tasks(store.tasks(), settings.held_out, store.resolution)
+    sampler = EpisodeSampler(store, training, seed=11)
+    sampler.sample_batch(1, 2)  # open some read handles first
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert copy.store is not sampler.store and copy.store.url == store.url
+    first, second = sampler.sample_batch(2, 3), copy.sample_batch(2, 3)
+    assert all(np.array_equal(first[key], second[key]) for key in first)
 
 
 def test_hold_out_patterns() -> None:

@@ -84,6 +84,17 @@ def test_store_round_trip_index_and_versions(tmp_path: Path) -> None:
     assert store.has_complete_version("ds", "v1")  # old versions stay, immutable
 
 
+def test_store_urls_go_through_fsspec(tmp_path: Path) -> None:
+    store = TaskStore.open("memory://promptseg-test-store", 32, create=True)
+    summary, images = _write_case(store, "ds", "key", "case", 2, 1)
+    store.commit_version("ds", "v1", {"labels": {"1": "organ"}}, [summary])
+    reopened = TaskStore.open("memory://promptseg-test-store", 32)
+    [task] = reopened.tasks()
+    read, masks = reopened.read_slices(task, list(task.slices))
+    np.testing.assert_allclose(read, images, atol=1e-3)
+    assert masks.sum() == 6 + 9
+
+
 def test_store_refuses_other_resolution_and_schema(tmp_path: Path) -> None:
     url = str(tmp_path / "store.zarr")
     store = TaskStore.open(url, 32, create=True)
