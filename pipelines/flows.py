@@ -150,14 +150,23 @@ def preprocess_case_task(store_url: str, dataset: str, case: dict, plan: dict) -
 
 @flow(name="preprocess")
 def preprocess_flow(
-    raw_dir: str, store_url: str, resolution: int, datasets: list[str] | None = None, axes: list[int] | None = None
+    raw_dir: str,
+    store_url: str,
+    resolution: int,
+    datasets: list[str] | None = None,
+    axes: list[int] | None = None,
+    empty_fraction: float = 0.1,
+    ct_window: list[float] | None = None,
 ) -> dict:
-    """Harmonize every ingested dataset (or those named) into the store; one new version per changed dataset."""
+    """Harmonize every ingested dataset (or those named) into the store; one new version per changed dataset.
+
+    `ct_window` (low, high in HU) replaces the CT datasets' foreground percentiles for clipping."""
     start = time.monotonic()
     store = TaskStore.open(store_url, resolution, create=True)
     records = [json.loads(p.read_text()) for p in sorted(Path(raw_dir).glob("*.json"))]
     records = [r for r in records if not datasets or r["dataset"] in datasets]
-    plans = {r["dataset"]: plan_for(r, resolution, tuple(axes or (0, 1, 2))) for r in records}
+    window = (float(ct_window[0]), float(ct_window[1])) if ct_window else None
+    plans = {r["dataset"]: plan_for(r, resolution, tuple(axes or (0, 1, 2)), empty_fraction, window) for r in records}
     futures = {
         r["dataset"]: [
             preprocess_case_task.submit(store_url, r["dataset"], c, plans[r["dataset"]].to_dict()) for c in r["cases"]

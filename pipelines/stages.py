@@ -37,7 +37,13 @@ def preprocess(settings: Settings, datasets: list[str] | None = None) -> dict:
 
     runner = dask_runner(settings.dask_address, settings.dask_workers)
     return preprocess_flow.with_options(task_runner=runner)(
-        str(settings.raw_dir), settings.store, settings.resolution, datasets, settings.axes
+        str(settings.raw_dir),
+        settings.store,
+        settings.resolution,
+        datasets,
+        settings.axes,
+        settings.empty_fraction,
+        settings.ct_window,
     )
 
 

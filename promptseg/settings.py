@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     experiment: str = "promptseg"
     held_out: list[str] = ["kidney*"]
     axes: list[int] = [0, 1, 2]
+    empty_fraction: float = 0.1
+    ct_window: list[float] | None = None
     dask_address: str | None = None
     dask_workers: int = 2
     serve_host: str = "127.0.0.1"

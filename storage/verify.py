@@ -1,9 +1,9 @@
 """Checking raw cases before anything is written, as nnU-Net's dataset verifier does.
 
 `check_case` reads one case once and returns every problem it finds (files missing or unreadable, NaN/Inf voxels,
-zero or negative spacing, image/label shape or spacing disagreement, label values outside the declared labels, an
-empty label map), each naming its file relative to the dataset root. When a case has no problem it also returns
-the ingest record of the case (content hashes, geometry, a foreground intensity sample for the fingerprint).
+zero or negative spacing, image/label shape, spacing or affine disagreement, label values outside the declared
+labels, an empty label map), each naming its file relative to the dataset root. When a case has no problem it also
+returns the ingest record of the case (content hashes, geometry, a foreground intensity sample for the fingerprint).
 `verify_dataset` runs it on every case; `promptseg verify` prints the result, ingest reports and skips bad cases.
 """
 
@@ -20,6 +20,7 @@ from storage.raw_dataset import RawCase, RawDataset, load_raw_dataset
 from storage.readers import Volume, read_volume, source_sha256
 
 SPACING_RANGE_MM = (0.01, 50.0)
+AFFINE_TOLERANCE_MM = 1e-2
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ def check_case(case: RawCase, labels: dict[int, str], root: Path) -> tuple[dict 
                 case.case_id, label_file, f"label spacing {label.spacing} differs from image spacing {image.spacing}"
             )
         )
+    elif (
+        image.affine is not None
+        and label.affine is not None
+        and not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE_MM)
+    ):
+        problems.append(Problem(case.case_id, label_file, "label affine (origin/orientation) differs from image's"))
     low, high = SPACING_RANGE_MM
     if not all(low <= s <= high for s in image.spacing):
         problems.append(

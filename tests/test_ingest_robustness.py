@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.flows import ingest_flow, preprocess_flow
 from storage.preprocess import plan_for, preprocess_case
-from storage.synthetic import write_synthetic_datasets
+from storage.synthetic import CENTERS, write_png_dataset, write_synthetic_datasets
 from storage.task_store import TaskStore
 
 SHAPE = (24, 24, 12)
@@ -45,6 +45,13 @@ def _with_pixdim(path: Path, data: np.ndarray, pixdim: tuple[float, float, float
     image = nib.Nifti1Image(data, np.eye(4))
     image.header["pixdim"][1:4] = pixdim
     nib.save(image, path)
+
+
+def _shifted(path: Path, data: np.ndarray) -> None:
+    """Same grid and spacing as `_nifti`, but the origin moved by 30 mm: the label does not overlay the image."""
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[:3, 3] = [30.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(data, affine), path)
 
 
 def _huge_header(path: Path) -> None:
@@ -87,6 +94,7 @@ CORPUS: dict[str, tuple[Callable[[Path], None], Callable[[Path], None], str, str
         "label spacing",
         "label",
     ),
+    "affine-mismatch": (lambda p: _nifti(p, _image()), lambda p: _shifted(p, _label()), "affine", "label"),
     "unknown-label": (lambda p: _nifti(p, _image()), lambda p: _nifti(p, _label() * 7), "not declared", "label"),
     "empty-label": (lambda p: _nifti(p, _image()), lambda p: _nifti(p, np.zeros(SHAPE, np.uint8)), "empty", "label"),
     "zero-spacing": (
@@ -192,6 +200,20 @@ def test_changed_case_makes_a_new_version(prefect_harness: None, tmp_path: Path)
     store = TaskStore.open(url, 32)
     assert second != first and store.current_version("synth-center-a") == second
     assert store.has_complete_version("synth-center-a", first)
+
+
+def test_two_dimensional_images_and_a_ct_window(prefect_harness: None, tmp_path: Path) -> None:
+    """PNG slices are sliced along their one plane only; a configured CT window replaces the percentiles."""
+    png = write_png_dataset(tmp_path / "src", CENTERS[0], n_cases=3, seed=6)
+    ct = write_synthetic_datasets(tmp_path / "src", n_cases=2, seed=6)[0]
+    raw, url = tmp_path / "raw", str(tmp_path / "store.zarr")
+    ingest_flow([str(png), str(ct)], str(raw), str(tmp_path / "secret.key"))
+    preprocess_flow(str(raw), url, 32, ct_window=[-160, 240])
+    store = TaskStore.open(url, 32)
+    assert {t.axis for t in store.tasks() if t.dataset.endswith("-png")} == {2}
+    assert {t.axis for t in store.tasks() if t.dataset == "synth-center-a"} == {0, 1, 2}
+    normalization = store.version_info("synth-center-a")["normalization"]
+    assert (normalization["low"], normalization["high"]) == (-160.0, 240.0)
 
 
 def test_patient_identifiers_reach_neither_store_nor_records_nor_artifacts(

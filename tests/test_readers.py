@@ -153,6 +153,7 @@ def test_all_formats_agree_on_orientation_and_spacing(tmp_path: Path, permuted_n
     for other in volumes[1:]:
         assert np.array_equal(other.array, volumes[0].array)
         assert other.spacing == volumes[0].spacing
+        np.testing.assert_allclose(other.affine, volumes[0].affine, atol=1e-4)
 
 
 def test_dicom_slices_are_ordered_by_geometry_not_file_name(tmp_path: Path, permuted_nifti: Path) -> None:
@@ -167,7 +168,7 @@ def test_dicom_slices_are_ordered_by_geometry_not_file_name(tmp_path: Path, perm
 
 def test_dicom_volume_carries_no_patient_data(tmp_path: Path, permuted_nifti: Path) -> None:
     volume = read_volume(_write_dicom_series(sitk.ReadImage(str(permuted_nifti)), tmp_path / "series"))
-    assert [field.name for field in dataclasses.fields(volume)] == ["array", "spacing", "modality"]
+    assert [field.name for field in dataclasses.fields(volume)] == ["array", "spacing", "modality", "affine"]
     assert volume.modality == "CT"
     text = repr(volume) + repr(vars(volume))
     for secret in ("DOE", "JANE", "MRN-0042", "19700101"):

@@ -31,6 +31,7 @@ class Volume:
     array: np.ndarray
     spacing: tuple[float, float, float]
     modality: str | None = None
+    affine: np.ndarray | None = None  # voxel index (RAS array order) → RAS world millimetres, 4×4
 
 
 class VolumeReader(ABC):
@@ -65,7 +66,12 @@ def check_spacing(path: Path, spacing: Sequence[float]) -> tuple[float, float, f
 
 
 def checked_volume(
-    path: Path, array: np.ndarray, spacing: Sequence[float], dtype: type, modality: str | None = None
+    path: Path,
+    array: np.ndarray,
+    spacing: Sequence[float],
+    dtype: type,
+    modality: str | None = None,
+    affine: np.ndarray | None = None,
 ) -> Volume:
     """Apply the shared guards to decoded data (still in its stored dtype) and cast it to `dtype`."""
     if array.ndim != 3:
@@ -73,4 +79,6 @@ def checked_volume(
     # Checked before the cast: NaN cast to an integer type silently becomes an arbitrary number.
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise RawDataError(path, "contains NaN or infinite values")
-    return Volume(array=array.astype(dtype, copy=False), spacing=check_spacing(path, spacing), modality=modality)
+    return Volume(
+        array=array.astype(dtype, copy=False), spacing=check_spacing(path, spacing), modality=modality, affine=affine
+    )

@@ -51,4 +51,14 @@ def to_volume(path: Path, image: sitk.Image, dtype: type, modality: str | None =
         raise RawDataError(path, f"expected a 3D volume, got shape {image.GetSize()}")
     oriented = sitk.DICOMOrient(image, "RAS")
     data = sitk.GetArrayFromImage(oriented).transpose(2, 1, 0)
-    return checked_volume(path, data, oriented.GetSpacing(), dtype, modality)
+    return checked_volume(path, data, oriented.GetSpacing(), dtype, modality, _ras_affine(oriented))
+
+
+def _ras_affine(image: sitk.Image) -> np.ndarray:
+    """The index → world matrix in RAS millimetres (ITK's physical space is LPS: x and y flip sign)."""
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = lps_to_ras @ np.asarray(image.GetOrigin(), float)
+    return affine

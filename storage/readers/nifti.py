@@ -40,4 +40,4 @@ def _read(path: Path, dtype: type) -> Volume:
     check_spacing(path, raw_zooms)
     canonical = nib.as_closest_canonical(image)
     data = np.asanyarray(canonical.dataobj)
-    return checked_volume(path, data, canonical.header.get_zooms()[:3], dtype)
+    return checked_volume(path, data, canonical.header.get_zooms()[:3], dtype, affine=canonical.affine)
