@@ -22,6 +22,7 @@ def prepare(settings: Settings) -> None:
         "RAY_AUTH_MODE": "disabled",
         "RAY_TRAIN_V2_ENABLED": "1",
         "TQDM_DISABLE": "1",
+        "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

@@ -8,7 +8,6 @@ in the model I/O contract (prompt_images, prompt_masks, queries) and returns the
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,6 @@ import torch
 from mlflow.models import set_model
 
 from promptseg.checkpoint import load_model
-
-# predict() is deliberately unannotated (a dict of arrays has no MLflow type-hint schema); MLflow warns about it.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class PromptSegPyfunc(mlflow.pyfunc.PythonModel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from mlflow.exceptions import MlflowException
 
 from promptseg.checkpoint import CONFIG, WEIGHTS
 from promptseg.model import PromptSeg
+
+# The pyfunc's predict() is deliberately unannotated (a dict of arrays has no MLflow type-hint schema); MLflow warns
+# about that on every load. Set here, at import, because MLflow resets warning filters while it runs the model file.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
