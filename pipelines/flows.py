@@ -181,12 +181,7 @@ def preprocess_flow(
             if future.state.is_completed():
                 done.append(case)
                 keys.append(case_key_for(case, plans[name]))
-                summaries = future.result()
-                rows.extend(
-                    {"dataset": name, "case": case["store_id"], "axis": s["axis"], "slices": len(s["indices"])}
-                    for s in summaries
-                )
-                record.setdefault("_summaries", []).extend(summaries)
+                summaries.extend(future.result())
             else:
                 failures.append({"dataset": name, "file": Path(case["image"]).name, "problem": future.state.message})
         if not done:
@@ -211,8 +206,11 @@ def preprocess_flow(
                         c["store_id"]: {"image": c["image_sha256"], "label": c["label_sha256"]} for c in done
                     },
                 },
-                record["_summaries"],
+                summaries,
             )
+        rows.extend(
+            {"dataset": name, "case": s["case"], "axis": s["axis"], "slices": len(s["indices"])} for s in summaries
+        )
     return _preprocess_report(store, records, rows, failures, time.monotonic() - start)
 
 

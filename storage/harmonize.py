@@ -117,6 +117,13 @@ def from_model_grid(slices: np.ndarray, geometry: SliceGeometry, *, label: bool 
     return _resize(torch.from_numpy(box)[:, None], (g.height, g.width), label)[:, 0].numpy()
 
 
+def resampled_shape(
+    shape: tuple[int, ...], spacing: tuple[float, float, float], target: tuple[float, float, float]
+) -> list[int]:
+    """The grid size a volume of `shape` at `spacing` gets when resampled to `target` spacing."""
+    return [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True)]
+
+
 def resample_volume(
     volume: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], *, label: bool = False
 ) -> np.ndarray:
@@ -125,7 +132,7 @@ def resample_volume(
         return volume
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in spacing])
-    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.shape, spacing, target, strict=True)]
+    size = resampled_shape(volume.shape, spacing, target)
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
     resampled = sitk.Resample(
         image,

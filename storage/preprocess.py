@@ -23,6 +23,7 @@ from storage.harmonize import (
     normalization_from_fingerprint,
     normalize_intensity,
     resample_volume,
+    resampled_shape,
     to_model_grid,
     volume_slices,
 )
@@ -112,7 +113,7 @@ def select_slices(labels: np.ndarray, empty_fraction: float, seed: int) -> list[
 
 def sliced_axes(case: dict, plan: PreprocessPlan) -> list[int]:
     """The plan axes along which the resampled case has slices at least MIN_SLICE_SIDE voxels on both sides."""
-    shape = [round(n * s / t) for n, s, t in zip(case["shape"], case["spacing"], plan.target_spacing, strict=True)]
+    shape = resampled_shape(case["shape"], case["spacing"], plan.target_spacing)
     return [a for a in plan.axes if min(n for i, n in enumerate(shape) if i != a) >= MIN_SLICE_SIDE]
 
 
