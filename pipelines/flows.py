@@ -131,7 +131,9 @@ def ingest_flow(sources: list[str], raw_dir: str, secret_path: str) -> dict:
 
 def _preprocess_cache_key(_: Any, parameters: dict[str, Any]) -> str:
     p = parameters
-    key = f"{p['store_url']}|{p['dataset']}|{case_key_for(p['case'], PreprocessPlan.from_dict(p['plan']))}"
+    case_key = case_key_for(p["case"], PreprocessPlan.from_dict(p["plan"]))
+    # The case id is part of the result, and two cases may share content: it belongs in the key too.
+    key = f"{p['store_url']}|{p['dataset']}|{p['case']['store_id']}|{case_key}"
     return "preprocess-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -122,7 +122,7 @@ def preprocess_case(store: TaskStore, dataset: str, case: dict, plan: Preprocess
     key = case_key_for(case, plan)
     summaries = {axis: store.case_summary(dataset, key, axis) for axis in sliced_axes(case, plan)}
     if all(summary is not None for summary in summaries.values()):
-        return list(summaries.values())
+        return [{**summary, "case": case["store_id"]} for summary in summaries.values()]
     image = read_volume(Path(case["image"]))
     label = read_volume(Path(case["label"]), dtype=np.int32)
     normalized = normalize_intensity(image.array, plan.normalization)
@@ -138,9 +138,7 @@ def preprocess_case(store: TaskStore, dataset: str, case: dict, plan: Preprocess
         keep = select_slices(label_slices, plan.empty_fraction, seed=int(case["image_sha256"][:8], 16) + axis)
         images, _ = to_model_grid(image_slices[keep], plan.resolution, spacing=in_plane)
         labels, _ = to_model_grid(label_slices[keep].astype(np.float32), plan.resolution, label=True, spacing=in_plane)
-        written.append(
-            store.write_case(
-                dataset, key, case["store_id"], axis, np.clip(images, 0.0, 1.0), labels.astype(np.uint8), keep
-            )
-        )
-    return written
+        written.append(store.write_case(dataset, key, axis, np.clip(images, 0.0, 1.0), labels.astype(np.uint8), keep))
+    # Case arrays are content-addressed and may be shared by several cases: the case id belongs to the summary
+    # this case contributes to its dataset version, not to the arrays.
+    return [{**summary, "case": case["store_id"]} for summary in written]

@@ -218,7 +218,6 @@ class TaskStore:
         self,
         dataset: str,
         case_key: str,
-        case: str,
         axis: int,
         images: np.ndarray,
         labels: np.ndarray,
@@ -242,7 +241,6 @@ class TaskStore:
             str(value): (labels == value).sum(axis=(1, 2)).tolist() for value in np.unique(labels) if value != 0
         }
         summary = {
-            "case": case,
             "key": case_key,
             "axis": axis,
             "indices": [int(i) for i in indices],
@@ -252,7 +250,9 @@ class TaskStore:
         return summary
 
     def commit_version(self, dataset: str, version: str, meta: dict, case_summaries: list[dict]) -> None:
-        """Write a version's attributes and task index, mark it complete, then point the dataset at it."""
+        """Write a version's attributes and task index, mark it complete, then point the dataset at it.
+
+        Each summary is one from `write_case` plus the `case` id under which this version lists it."""
         index: dict[str, dict[str, list]] = {}
         cases: dict[str, dict] = {}
         for summary in sorted(case_summaries, key=lambda s: (s["case"], s["axis"])):

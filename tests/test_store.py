@@ -53,7 +53,8 @@ def _write_case(store: TaskStore, dataset: str, key: str, case: str, n: int, val
     labels = np.zeros((n, r, r), np.uint8)
     for i in range(n):
         labels[i, : 2 + i, :3] = value
-    return store.write_case(dataset, key, case, 2, images, labels, list(range(10, 10 + n))), images
+    summary = store.write_case(dataset, key, 2, images, labels, list(range(10, 10 + n)))
+    return {**summary, "case": case}, images
 
 
 def test_store_round_trip_index_and_versions(tmp_path: Path) -> None:
