@@ -78,8 +78,14 @@ def train(
     seed: int = 0,
     run_name: str | None = None,
     register: bool = True,
+    bottleneck: Annotated[bool, typer.Option(help="Variational information bottleneck on the prompt tokens.")] = False,
+    pretrained_encoder: Annotated[
+        Path | None, typer.Option(help="Local SAM / SAM-Med2D ViT weights for the image encoder.")
+    ] = None,
+    synthetic_fraction: Annotated[float, typer.Option(help="Share of batches made of synthetic tasks.")] = 0.25,
 ) -> None:
-    """Train PromptSeg with Ray Train; register the result as the `challenger` version."""
+    """Train an in-context network (SIZE: tiny, small, base, or universeg for the baseline) with Ray Train;
+    register the result as the `challenger` version."""
     _show(
         stages.train(
             _settings(ctx),
@@ -90,14 +96,37 @@ def train(
             seed=seed,
             run_name=run_name,
             register=register,
+            bottleneck=bottleneck,
+            pretrained_encoder=pretrained_encoder,
+            synthetic_fraction=synthetic_fraction,
         )
     )
 
 
 @app.command()
-def evaluate(ctx: typer.Context, model: str = "challenger", resamples: int = 3, queries: int = 4) -> None:
-    """Evaluate a registered version (alias or number) on the held-out tasks."""
-    _show(stages.evaluate(_settings(ctx), model, resamples=resamples, queries=queries))
+def evaluate(
+    ctx: typer.Context,
+    model: str = "challenger",
+    resamples: int = 3,
+    queries: int = 4,
+    baseline: Annotated[
+        list[Path] | None, typer.Option(help="Checkpoint folder of another in-context network; repeatable.")
+    ] = None,
+    supervised_steps: Annotated[int, typer.Option(help="Train the supervised UNet upper bound (0: skip).")] = 400,
+    ensemble: Annotated[int, typer.Option(help="Predictor ensemble size over prompt subsets.")] = 1,
+) -> None:
+    """Evaluate a registered version (alias or number) on the held-out tasks beside the baselines."""
+    _show(
+        stages.evaluate(
+            _settings(ctx),
+            model,
+            resamples=resamples,
+            queries=queries,
+            baselines=baseline,
+            supervised_steps=supervised_steps,
+            ensemble=ensemble,
+        )
+    )
 
 
 @app.command()
@@ -137,6 +166,30 @@ def query(
     from pipelines.querying import query_files
 
     _show(query_files(url or stages.serve_url(_settings(ctx)), prompt_image, prompt_mask, query_image, out, modality))
+
+
+@app.command()
+def segment(
+    ctx: typer.Context,
+    prompt_image: Annotated[list[Path], typer.Option(help="Prompt image (PNG/NPY); repeat per prompt.")],
+    prompt_mask: Annotated[list[Path], typer.Option(help="Prompt mask, in the same order.")],
+    query_image: Annotated[list[Path], typer.Option("--query", help="Query image; repeat per query.")],
+    out: Path = Path("promptseg-out"),
+    modality: str = "CT",
+    model: Annotated[str, typer.Option(help="Registered version or alias.")] = "champion",
+    ensemble: Annotated[int, typer.Option(help="Ensemble size over random prompt subsets.")] = 1,
+) -> None:
+    """Segment query images in this process (no endpoint) with a registered version; masks, uncertainty maps and
+    overlays are written to OUT."""
+    from pipelines.querying import segment_files
+    from promptseg.predictor import Predictor
+    from promptseg.registry import load_version
+
+    settings = _settings(ctx)
+    loaded = load_version(settings.tracking_uri, settings.model_name, model)
+    predictor = Predictor(loaded.network, ensemble=ensemble)
+    title = f"model v{loaded.version}"
+    _show(segment_files(predictor, prompt_image, prompt_mask, query_image, out, modality, title))
 
 
 @app.command()

@@ -79,10 +79,12 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     )
 
     console.rule("3/6 evaluate: quick held-out evaluation (structures never seen in training)")
-    evaluation = stages.evaluate(settings, trained["version"])
-    table = Table("method", *[f"N={n}" for n in sorted(evaluation["summary"]["promptseg"], key=int)])
+    evaluation = stages.evaluate(settings, trained["version"], supervised_steps=0)
+    table = Table("held-out Dice", *[f"N={n}" for n in sorted(evaluation["summary"]["promptseg"], key=int)])
     for method, per_n in evaluation["summary"].items():
-        table.add_row(method, *[f"{per_n[n]['mean']:.3f} ± {per_n[n]['sd']:.3f}" for n in sorted(per_n, key=int)])
+        table.add_row(
+            method, *[f"{per_n[n]['dice']['mean']:.3f} ± {per_n[n]['dice']['sd']:.3f}" for n in sorted(per_n, key=int)]
+        )
     console.print(table)
 
     console.rule("4/6 promote: champion → the new version")

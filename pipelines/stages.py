@@ -57,6 +57,9 @@ def train(
     seed: int = 0,
     run_name: str | None = None,
     register: bool = True,
+    bottleneck: bool = False,
+    pretrained_encoder: Path | None = None,
+    synthetic_fraction: float = 0.25,
 ) -> dict:
     from promptseg import cluster
     from promptseg.registry import register_checkpoint
@@ -73,6 +76,9 @@ def train(
         seed=seed,
         held_out=settings.held_out,
         tracking_uri=settings.tracking_uri,
+        bottleneck=bottleneck,
+        pretrained_encoder=str(pretrained_encoder.resolve()) if pretrained_encoder else "",
+        synthetic_fraction=synthetic_fraction,
     )
     result = run_training(
         config,
@@ -101,9 +107,21 @@ def register(settings: Settings, run_id: str, checkpoint: Path) -> str:
     return register_checkpoint(checkpoint, run_id, settings.tracking_uri, settings.model_name)
 
 
-def evaluate(settings: Settings, model: str, *, resamples: int = 3, queries: int = 4) -> dict:
+def evaluate(
+    settings: Settings,
+    model: str,
+    *,
+    resamples: int = 3,
+    queries: int = 4,
+    baselines: list[Path] | None = None,
+    supervised_steps: int = 400,
+    ensemble: int = 1,
+) -> dict:
+    """Evaluate a registered version beside the trivial baselines, the in-context networks whose checkpoint
+    folders are given (e.g. a UniverSeg-style run) and, with `supervised_steps`, the supervised UNet."""
     import mlflow
 
+    from promptseg.checkpoint import load_model
     from promptseg.evaluate import EvalSpec, headline_scores
     from promptseg.evaluate import evaluate as run_evaluation
     from promptseg.registry import load_version, tag_scores
@@ -112,9 +130,20 @@ def evaluate(settings: Settings, model: str, *, resamples: int = 3, queries: int
     loaded = load_version(settings.tracking_uri, settings.model_name, model)
     out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}"
     store = TaskStore.open(settings.store, loaded.network.config.resolution)
-    report = run_evaluation(
-        loaded.network, store, EvalSpec(held_out=settings.held_out, resamples=resamples, queries=queries), out_dir
+    others = {}
+    for folder in baselines or []:
+        network = load_model(Path(folder))
+        name = network.config.architecture
+        taken = name in others or name == loaded.network.config.architecture
+        others[Path(folder).name if taken else name] = network
+    spec = EvalSpec(
+        held_out=settings.held_out,
+        resamples=resamples,
+        queries=queries,
+        supervised_steps=supervised_steps,
+        ensemble=ensemble,
     )
+    report = run_evaluation(loaded.network, store, spec, out_dir, others)
     scores = headline_scores(report)
     run_id = mlflow.MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version).run_id
     with mlflow.start_run(run_id=run_id):

@@ -1,4 +1,8 @@
-"""Trivial baselines in the model's interface: they show what a model must beat to be using its prompts."""
+"""Trivial baselines in the model's interface: they show what a model must beat to be using its prompts.
+
+Arrays are (count, 1, R, R) like the model's inputs and outputs; a baseline returns the foreground probability of
+every query, (Q, 1, R, R).
+"""
 
 from __future__ import annotations
 
@@ -8,3 +12,24 @@ import numpy as np
 def mean_prompt_mask(prompt_masks: np.ndarray, n_queries: int) -> np.ndarray:
     """The average of the prompt masks as the foreground probability of every query: (N, 1, R, R) → (Q, 1, R, R)."""
     return np.repeat(prompt_masks.mean(axis=0, keepdims=True), n_queries, axis=0)
+
+
+def _z_scored(images: np.ndarray) -> np.ndarray:
+    """Each image flattened to zero mean and unit variance; a constant image becomes all zeros."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    varies = np.ptp(flat, axis=1, keepdims=True) > 0  # a constant image's float std need not be exactly 0
+    return np.divide(centred, centred.std(axis=1, keepdims=True), out=np.zeros_like(centred), where=varies)
+
+
+def most_similar_prompt_mask(
+    prompt_images: np.ndarray, prompt_masks: np.ndarray, query_images: np.ndarray
+) -> np.ndarray:
+    """Each query gets the mask of its most similar prompt image: (N, 1, R, R) ×2, (Q, 1, R, R) → (Q, 1, R, R) float32.
+
+    Similarity is the normalized cross-correlation of the z-scored images (their Pearson correlation over pixels),
+    so it ignores brightness and contrast. A constant image correlates 0 with every other; ties go to the first prompt.
+    """
+    prompts, queries = _z_scored(prompt_images), _z_scored(query_images)
+    correlation = queries @ prompts.T / prompts.shape[1]  # (Q, N)
+    return prompt_masks[correlation.argmax(axis=1)].astype(np.float32)

@@ -11,24 +11,24 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from promptseg.model import PromptSeg, PromptSegConfig, build_model
+from promptseg.factory import build_model, config_from_dict
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
 TRAINER_STATE = "trainer_state.pt"
 
 
-def save_model(model: PromptSeg, folder: Path) -> None:
+def save_model(model: nn.Module, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
 
 
-def load_model(folder: Path) -> PromptSeg:
+def load_model(folder: Path) -> nn.Module:
     """Rebuild the network through the factory and load its weights (no pickled objects)."""
-    config = PromptSegConfig.from_dict(json.loads((folder / CONFIG).read_text()))
-    model = build_model(config)
+    model = build_model(config_from_dict(json.loads((folder / CONFIG).read_text())))
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.eval()
 

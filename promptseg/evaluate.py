@@ -1,9 +1,21 @@
-"""Held-out evaluation: PromptSeg against the mean-prompt-mask baseline on tasks never seen in training.
+"""Held-out evaluation: a trained network beside every baseline, on tasks never seen in training.
 
 For each held-out task (label names matching the held-out spec), each prompt count N and each resample, prompts
 and queries are chosen by `storage.sampler.choose_prompts_and_queries` (queries from other cases than the
 prompts', or far enough away in a single-case dataset). A prompt count a task cannot supply is recorded as
-skipped, never filled with query slices. Writes results.json, results.md, a Dice-vs-N plot and overlay PNGs.
+skipped, never filled with query slices. Methods, all on the same prompts and queries:
+
+- the evaluated network and any other in-context networks given (e.g. the UniverSeg-style baseline), each
+  through the `Predictor`;
+- `<network>_other_task_prompts`: the evaluated network given the prompts of a different held-out task (a model
+  that ignores its prompts scores the same here as with the right ones);
+- `mean_prompt_mask` and `most_similar_prompt` (trivial baselines);
+- `supervised_unet` (optional upper bound): a UNet trained on the task's labelled slices of the other cases than
+  the queries' (cached per task and query case).
+
+Every query gets Dice, IoU and HD95 (pixels of the model grid); a resample's score is the mean over its queries,
+and each summary cell is mean ± sd over the resamples (pooled over tasks). Writes results.json, results.md, a
+Dice-vs-N plot with error bars and overlay PNGs.
 """
 
 from __future__ import annotations
@@ -18,16 +30,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from rich.progress import track
+from torch import nn
 
-from promptseg.baselines import mean_prompt_mask
-from promptseg.metrics import dice_score
-from promptseg.model import PromptSeg
-from storage.sampler import choose_prompts_and_queries, read_episode, split_tasks
-from storage.task_store import TaskStore
+from promptseg.baselines import mean_prompt_mask, most_similar_prompt_mask
+from promptseg.metrics import segmentation_metrics, summarize
+from promptseg.predictor import MODEL_GRID, Predictor
+from promptseg.supervised import fit_supervised_unet, predict_supervised
+from storage.sampler import Episode, choose_prompts_and_queries, read_episode, split_tasks
+from storage.task_store import Task, TaskStore
 
-METHODS = ("promptseg", "mean_prompt_mask")
+METRICS = ("dice", "iou", "hd95")
+OTHER_TASK = "_other_task_prompts"
 
 
 @dataclass
@@ -37,6 +51,8 @@ class EvalSpec:
     resamples: int = 3
     queries: int = 4
     seed: int = 0
+    ensemble: int = 1
+    supervised_steps: int = 0
 
 
 def overlay_png(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, path: Path, title: str) -> None:
@@ -54,28 +70,98 @@ def overlay_png(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndar
 
 
 def _dice_vs_n_plot(summary: dict, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(4, 3), dpi=100)
-    for method in METHODS:
-        ns = sorted(int(n) for n in summary[method])
-        axis.plot(ns, [summary[method][str(n)]["mean"] for n in ns], marker="o", label=method)
+    figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for method, per_n in summary.items():
+        ns = sorted(per_n, key=int)
+        axis.errorbar(
+            [int(n) for n in ns],
+            [per_n[n]["dice"]["mean"] for n in ns],
+            yerr=[per_n[n]["dice"]["sd"] for n in ns],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     axis.set_xlabel("prompts N")
-    axis.set_ylabel("held-out Dice")
+    axis.set_ylabel("held-out Dice (mean ± sd over resamples)")
     axis.set_ylim(0, 1)
-    axis.legend()
+    axis.legend(fontsize=6)
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 
-def evaluate(network: PromptSeg, store: TaskStore, spec: EvalSpec, out_dir: Path) -> dict:
+def _other_task(tasks: list[Task], index: int) -> Task | None:
+    """A different held-out task for the control, preferring another label, then another dataset."""
+    task = tasks[index]
+    others = [t for t in tasks if t.label_name != task.label_name] or [t for t in tasks if t.dataset != task.dataset]
+    return others[index % len(others)] if others else None
+
+
+class _Supervised:
+    """Supervised UNets per (task, query case), trained on the task's slices of the other cases."""
+
+    def __init__(self, store: TaskStore, steps: int, seed: int) -> None:
+        self.store, self.steps, self.seed = store, steps, seed
+        self._cache: dict[tuple[str, tuple[str, ...]], nn.Module | None] = {}
+
+    def predict(self, task: Task, query_cases: tuple[str, ...], queries: np.ndarray) -> np.ndarray | None:
+        key = (task.task_id, query_cases)
+        if key not in self._cache:
+            refs = [s for s in task.slices if s.case not in query_cases]
+            if len(task.cases) < 2 or not refs:
+                self._cache[key] = None
+            else:
+                images, masks = self.store.read_slices(task, refs)
+                self._cache[key] = fit_supervised_unet(
+                    images[:, None].astype(np.float32), masks[:, None], steps=self.steps, seed=self.seed
+                )
+        network = self._cache[key]
+        return None if network is None else predict_supervised(network, queries)
+
+
+def _episode_predictions(
+    predictors: dict[str, Predictor], episode: Episode, wrong_prompts: Episode | None, primary: str
+) -> dict[str, np.ndarray]:
+    """Foreground probabilities (Q, R, R) of every in-context method on one episode."""
+    queries = list(episode.query_images[:, 0].astype(np.float32))
+
+    def run(predictor: Predictor, source: Episode) -> np.ndarray:
+        task = predictor.encode_task(
+            list(source.prompt_images[:, 0].astype(np.float32)), list(source.prompt_masks[:, 0]), MODEL_GRID
+        )
+        return np.stack([s.probability for s in predictor.segment(task, queries, MODEL_GRID)])
+
+    out = {name: run(predictor, episode) for name, predictor in predictors.items()}
+    if wrong_prompts is not None:
+        out[primary + OTHER_TASK] = run(predictors[primary], wrong_prompts)
+    out["mean_prompt_mask"] = mean_prompt_mask(episode.prompt_masks, len(queries))[:, 0]
+    out["most_similar_prompt"] = most_similar_prompt_mask(
+        episode.prompt_images.astype(np.float32), episode.prompt_masks, episode.query_images.astype(np.float32)
+    )[:, 0]
+    return out
+
+
+def evaluate(
+    network: nn.Module,
+    store: TaskStore,
+    spec: EvalSpec,
+    out_dir: Path,
+    baselines: dict[str, nn.Module] | None = None,
+) -> dict:
     """Evaluate on the held-out tasks of `store`; return the report (also written to `out_dir`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(exist_ok=True)
     _, tasks = split_tasks(store.tasks(), spec.held_out, store.resolution)
     if not tasks:
         raise ValueError(f"no held-out tasks match {spec.held_out} in {store.url}")
+    primary = network.config.architecture
+    predictors = {primary: Predictor(network, ensemble=spec.ensemble, seed=spec.seed)}
+    predictors |= {
+        name: Predictor(net, ensemble=spec.ensemble, seed=spec.seed) for name, net in (baselines or {}).items()
+    }
+    supervised = _Supervised(store, spec.supervised_steps, spec.seed) if spec.supervised_steps else None
     rows, skipped = [], []
-    network.eval()
-    for task in track(tasks, description="evaluating held-out tasks"):
+    for index, task in enumerate(track(tasks, description="evaluating held-out tasks")):
+        other = _other_task(tasks, index)
         for n in spec.n_prompts:
             for resample in range(spec.resamples):
                 rng = np.random.default_rng([spec.seed, zlib.crc32(task.task_id.encode()), n, resample])
@@ -84,74 +170,87 @@ def evaluate(network: PromptSeg, store: TaskStore, spec: EvalSpec, out_dir: Path
                     skipped.append({"task": task.task_id, "n_prompts": n, "reason": "not enough slices"})
                     break
                 episode = read_episode(store, task, *chosen)
-                with torch.inference_mode():
-                    logits = network(
-                        *(
-                            torch.from_numpy(a)[None].float()
-                            for a in (episode.prompt_images, episode.prompt_masks, episode.query_images)
-                        )
-                    )[0]
-                predictions = {
-                    "promptseg": (logits > 0).numpy(),
-                    "mean_prompt_mask": mean_prompt_mask(episode.prompt_masks, spec.queries) > 0.5,
-                }
-                for q in range(spec.queries):
-                    row = {
-                        "task": task.task_id,
-                        "dataset": task.dataset,
-                        "n_prompts": n,
-                        "resample": resample,
-                        "query": q,
-                    }
-                    for method, prediction in predictions.items():
-                        row[method] = dice_score(prediction[q, 0], episode.query_masks[q, 0])
-                    rows.append(row)
+                wrong = other and choose_prompts_and_queries(other, n, 1, rng)
+                wrong_episode = read_episode(store, other, *wrong) if wrong else None
+                probabilities = _episode_predictions(predictors, episode, wrong_episode, primary)
+                query_cases = tuple(sorted({ref.case for ref in chosen[1]}))
+                if supervised is not None:
+                    fitted = supervised.predict(task, query_cases, episode.query_images.astype(np.float32))
+                    if fitted is not None:
+                        probabilities["supervised_unet"] = fitted[:, 0]
+                for method, probs in probabilities.items():
+                    per_query = [
+                        segmentation_metrics(p > 0.5, t) for p, t in zip(probs, episode.query_masks[:, 0], strict=True)
+                    ]
+                    rows.append(
+                        {
+                            "task": task.task_id,
+                            "dataset": task.dataset,
+                            "n_prompts": n,
+                            "resample": resample,
+                            "method": method,
+                            "query_cases": list(query_cases),
+                            **{m: summarize([q[m] for q in per_query])["mean"] for m in METRICS},
+                            "per_query_dice": [q["dice"] for q in per_query],
+                        }
+                    )
                 if resample == 0 and n == max(spec.n_prompts):
                     overlay_png(
                         episode.query_images[0, 0],
                         episode.query_masks[0, 0],
-                        predictions["promptseg"][0, 0],
+                        probabilities[primary][0] > 0.5,
                         out_dir / "overlays" / f"{task.task_id.replace('/', '_')}_n{n}.png",
-                        f"{task.task_id} N={n} Dice={rows[-spec.queries]['promptseg']:.2f}",
+                        f"{task.task_id} N={n} Dice={rows[-len(probabilities)]['per_query_dice'][0]:.2f}",
                     )
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     summary = {
         method: {
-            str(n): {"mean": float(np.mean(v)), "sd": float(np.std(v)), "count": len(v)}
+            str(n): {m: summarize([r[m] for r in cell]) for m in METRICS}
             for n in spec.n_prompts
-            if (v := [r[method] for r in rows if r["n_prompts"] == n])
+            if (cell := [r for r in rows if r["method"] == method and r["n_prompts"] == n])
         }
-        for method in METHODS
+        for method in methods
     }
     report = {
         "spec": asdict(spec),
+        "primary": primary,
         "summary": summary,
         "skipped": skipped,
         "rows": rows,
         "tasks": [t.task_id for t in tasks],
     }
     (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        "| method | " + " | ".join(f"N={n}" for n in spec.n_prompts) + " |",
-        "|---|" + "---|" * len(spec.n_prompts),
-    ]
-    for method in METHODS:
-        cells = [
-            f"{summary[method][str(n)]['mean']:.3f} ± {summary[method][str(n)]['sd']:.3f}"
-            if str(n) in summary[method]
-            else "skipped"
-            for n in spec.n_prompts
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out_dir / "results.md").write_text(_markdown(summary, spec), encoding="utf-8")
     _dice_vs_n_plot(summary, out_dir / "dice_vs_n.png")
     return report
+
+
+def _markdown(summary: dict, spec: EvalSpec) -> str:
+    lines = []
+    for metric in METRICS:
+        lines += [
+            f"### {metric} (mean ± sd over prompt resamples)",
+            "",
+            "| method | " + " | ".join(f"N={n}" for n in spec.n_prompts) + " |",
+            "|---|" + "---|" * len(spec.n_prompts),
+        ]
+        for method, per_n in summary.items():
+            cells = [
+                f"{per_n[str(n)][metric]['mean']:.3f} ± {per_n[str(n)][metric]['sd']:.3f}"
+                if str(n) in per_n
+                else "skipped"
+                for n in spec.n_prompts
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def headline_scores(report: dict) -> dict[str, float]:
     """Mean Dice per method at the largest evaluated N (the scores tagged on a model version)."""
     return {
-        f"dice_{method}_n{n}": report["summary"][method][n]["mean"]
-        for method in METHODS
-        for n in [max(report["summary"][method], key=int, default=None)]
+        f"dice_{method}_n{n}": per_n[n]["dice"]["mean"]
+        for method, per_n in report["summary"].items()
+        for n in [max(per_n, key=int, default=None)]
         if n is not None
     }

@@ -1,29 +1,25 @@
-"""The PromptSeg network and its factory: contract 2 (model I/O), kept in this one module.
+"""The PromptSeg network: contract 2 (model I/O, see `promptseg.contract`) for the PromptSeg architecture.
 
-Contract::
+After PromptSeg (ICASSP 2025; journal version Entropy 2026), with the reference code's prompt limits lifted:
 
-    prompt_images (B, N, 1, R, R) float in [0, 1]     N from 1 to config.n_max
-    prompt_masks  (B, N, 1, R, R) in {0, 1}
-    queries       (B, Q, 1, R, R) float in [0, 1]
-    → logits      (B, Q, 1, R, R)
-
-R is the resolution recorded in the config (and in the task store the model was trained on).
-
-Architecture (after PromptSeg, ICASSP 2025, with the prompt limits lifted):
-- A ViT image encoder (patch embedding, learned 2D positions, Transformer blocks) shared by prompt images and
-  queries. Prompt masks enter as a patch embedding added to their image's tokens; each prompt pair is then
-  refined by its own blocks (attention within the pair only).
-- Query tokens attend to themselves and to the tokens of all prompts (never the reverse). Prompts carry no
-  index or order embedding and every reduction over prompts is a sum or an attention, so the output does not
-  depend on prompt order and any N up to n_max works.
-- A prototype prior, as in few-shot segmentation: the cosine similarity of each query token to the
-  mask-averaged foreground and background features of the prompts feeds the fusion and the head.
+- One ViT image encoder (`promptseg.vit`, SAM's layout) encodes every prompt image, every prompt mask and every
+  query. A prompt pair's tokens are its image's and its mask's tokens joined by a linear pair embedding shared by
+  all prompts: prompts carry no index or order embedding, so any N from 1 to n_max works.
+- A Transformer reads the prompt pairs and the queries as one sequence under a block mask: prompts attend to
+  prompts, each query attends to the prompts and to itself, never the reverse. The prompts' keys and values of
+  every layer therefore do not depend on the queries: `encode_prompts` computes them once per task and `segment`
+  reuses them for any number of queries. Every reduction over prompts is an attention or a sum, so the output
+  does not depend on prompt order.
+- Two order-free priors from the prompts help a small model read them: foreground/background prototypes of the
+  encoder features (cosine similarity per query token, as in few-shot segmentation) and the log-likelihood ratio
+  of foreground vs background intensities.
 - A light head: tokens → transposed-convolution unpatchify → a small convolution with the query image → logits.
+- Optional information bottleneck (the journal version's framing): the prompt tokens pass through a variational
+  bottleneck whose KL term the training loss weighs; off by default (see bench/RESULTS.md for the comparison).
 
-`encode_prompts` is separate from `segment`: the encoding of a task is computed once and reused for any number
-of queries (the predictor and the Serve app cache it).
-
-This module imports only torch and numpy so that GPU benchmarks run from a bare checkout.
+Sizes: `tiny` (tests and demo on a 2-core CPU; its encoder leaves out SAM's relative positions, whose attention
+bias costs a third of a CPU training step), `small`, and `base` (SAM's ViT-B encoder and a 12-layer, 768-wide
+Transformer: the paper's size). Imports only torch and numpy.
 """
 
 from __future__ import annotations
@@ -35,12 +31,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"dim": 64, "heads": 4, "encoder_depth": 2, "prompt_depth": 1, "fusion_depth": 2},
-    "small": {"dim": 192, "heads": 6, "encoder_depth": 6, "prompt_depth": 2, "fusion_depth": 4},
+from promptseg.contract import check_images, check_prompts
+from promptseg.vit import ImageEncoderViT
+
+SIZES: dict[str, dict] = {
+    "tiny": {
+        "dim": 64,
+        "heads": 4,
+        "encoder_depth": 2,
+        "window": 8,
+        "global_blocks": (1,),
+        "fusion_depth": 2,
+        "relative_positions": False,
+    },
+    "small": {"dim": 192, "heads": 6, "encoder_depth": 6, "window": 8, "global_blocks": (2, 5), "fusion_depth": 4},
+    "base": {
+        "dim": 768,
+        "heads": 12,
+        "encoder_depth": 12,
+        "window": 14,
+        "global_blocks": (2, 5, 8, 11),
+        "fusion_depth": 12,
+    },
 }
 TOKEN_GRID = 16
 INTENSITY_BINS = 64
+HEAD_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,13 @@ class PromptSegConfig:
     dim: int = 64
     heads: int = 4
     encoder_depth: int = 2
-    prompt_depth: int = 1
+    window: int = 8
+    global_blocks: tuple[int, ...] = (1,)
+    relative_positions: bool = True
     fusion_depth: int = 2
     mlp_ratio: float = 4.0
     n_max: int = 64
+    bottleneck: bool = False
     architecture: str = "promptseg"
 
     def to_dict(self) -> dict:
@@ -64,73 +83,42 @@ class PromptSegConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptSegConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{**data, "global_blocks": tuple(data.get("global_blocks", cls.global_blocks))})
 
 
-def model_config(size: str = "tiny", resolution: int = 256, n_max: int = 64) -> PromptSegConfig:
+def promptseg_config(
+    size: str = "tiny", resolution: int = 256, n_max: int = 64, bottleneck: bool = False
+) -> PromptSegConfig:
     """The named size at a resolution; patches are sized so that every image becomes a 16×16 token grid."""
     if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+        raise ValueError(f"unknown PromptSeg size {size!r}; choose one of {sorted(SIZES)}")
     if resolution % TOKEN_GRID:
         raise ValueError(f"resolution must be a multiple of {TOKEN_GRID}, got {resolution}")
     return PromptSegConfig(
-        size=size, resolution=resolution, patch_size=resolution // TOKEN_GRID, n_max=n_max, **SIZES[size]
+        size=size,
+        resolution=resolution,
+        patch_size=resolution // TOKEN_GRID,
+        n_max=n_max,
+        bottleneck=bottleneck,
+        **SIZES[size],
     )
 
 
-class Attention(nn.Module):
-    """Multi-head attention on torch's scaled_dot_product_attention; cross-attention when `context` is given."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
-        b, n, d = x.shape
-        q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
-
-
-class Block(nn.Module):
-    """Pre-norm Transformer block; with `cross=True` it also attends to a context sequence."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.cross = Attention(dim, heads) if cross else None
-        self.norm_x = nn.LayerNorm(dim) if cross else None
-        self.norm_ctx = nn.LayerNorm(dim) if cross else None
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: Tensor, context: Tensor | None = None, group: int = 1) -> Tensor:
-        """`group` queries share one context: x is (B·group, T, D), context is (B, S, D)."""
-        x = x + self.attn(self.norm1(x))
-        if self.cross is not None and context is not None:
-            bg, t, d = x.shape
-            shared = self.norm_x(x).reshape(bg // group, group * t, d)
-            x = x + self.cross(shared, self.norm_ctx(context)).reshape(bg, t, d)
-        return x + self.mlp(self.norm2(x))
-
-
 class PromptEncoding(NamedTuple):
-    """A task's prompts, encoded once: tokens (B, N·T, D), foreground/background prototypes (B, 2, D) and the
-    intensity log-likelihood ratio of foreground vs background per intensity bin (B, INTENSITY_BINS)."""
+    """A task's prompts, encoded once (batch axis first, so encodings concatenate and serialize as tensors).
 
-    tokens: Tensor
+    keys, values: (B, layers, N·T, D) per fusion layer; prototypes: (B, 2, D) foreground/background;
+    intensity_log_ratio: (B, INTENSITY_BINS); kl: (B,) the bottleneck's KL term (zeros without a bottleneck).
+    """
+
+    keys: Tensor
+    values: Tensor
     prototypes: Tensor
     intensity_log_ratio: Tensor
+    kl: Tensor
 
 
 def _intensity_log_ratio(images: Tensor, masks: Tensor, batch: int) -> Tensor:
@@ -140,8 +128,8 @@ def _intensity_log_ratio(images: Tensor, masks: Tensor, batch: int) -> Tensor:
     showed get a ratio near 0.
     """
     bins = INTENSITY_BINS
-    index = (images.clamp(0, 1) * (bins - 1)).round().long().reshape(batch, -1)
-    weights = masks.reshape(batch, -1)
+    index = (images.float().clamp(0, 1) * (bins - 1)).round().long().reshape(batch, -1)
+    weights = masks.float().reshape(batch, -1)
     fg = torch.zeros(batch, bins, device=images.device).scatter_add_(1, index, weights)
     bg = torch.zeros(batch, bins, device=images.device).scatter_add_(1, index, 1 - weights)
     kernel = torch.tensor([[[0.25, 0.5, 0.25]]], device=images.device)
@@ -155,107 +143,156 @@ def _prototypes(features: Tensor, weights: Tensor, batch: int) -> Tensor:
 
     features (B·N, L, D), weights (B·N, L, 1) foreground fraction per location.
     """
-    normed = F.normalize(features, dim=-1)
+    normed = F.normalize(features.float(), dim=-1)
     fg = (normed * weights).reshape(batch, -1, normed.shape[-1]).sum(1)
     bg = (normed * (1 - weights)).reshape(batch, -1, normed.shape[-1]).sum(1)
     return F.normalize(torch.stack([fg, bg], dim=1), dim=-1)
 
 
-def _similarity(features: Tensor, prototypes: Tensor) -> Tensor:
-    """Cosine similarity of (M, L, D) features to (M, 2, D) prototypes: (M, L, 2)."""
-    return torch.einsum("mld,mkd->mlk", F.normalize(features, dim=-1), prototypes)
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(M, S, D) → (M, heads, S, D / heads)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+class FusionBlock(nn.Module):
+    """One layer of the prompt–query Transformer; prompts and queries share its weights (one sequence)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        x = x + self.proj(attended.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.norm2(x))
+
+    def prompts(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Prompts attend to all prompts: (B, S, D) → (updated tokens, keys, values), keys/values (B, S, D)."""
+        q, k, v = self.qkv(self.norm1(p)).chunk(3, dim=-1)
+        attended = F.scaled_dot_product_attention(*(_split_heads(t, self.heads) for t in (q, k, v)))
+        return self._finish(p, attended), k, v
+
+    def queries(self, x: Tensor, prompt_keys: Tensor, prompt_values: Tensor, group: int) -> Tensor:
+        """Each query attends to its task's prompts and to itself: x (B·group, T, D), prompt keys (B, S, D)."""
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        k = torch.cat([prompt_keys.to(k.dtype).repeat_interleave(group, 0), k], dim=1)
+        v = torch.cat([prompt_values.to(v.dtype).repeat_interleave(group, 0), v], dim=1)
+        attended = F.scaled_dot_product_attention(*(_split_heads(t, self.heads) for t in (q, k, v)))
+        return self._finish(x, attended)
 
 
 class PromptSeg(nn.Module):
     def __init__(self, config: PromptSegConfig) -> None:
         super().__init__()
         self.config = config
-        d, p = config.dim, config.patch_size
-        grid = config.resolution // p
-        self.patch_embed = nn.Conv2d(1, d, p, stride=p)
-        self.mask_embed = nn.Conv2d(1, d, p, stride=p)
-        self.position = nn.Parameter(torch.randn(1, grid * grid, d) * 0.02)
-        self.query_marker = nn.Parameter(torch.zeros(1, 1, d))
-        self.encoder = nn.ModuleList(Block(d, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
-        self.prompt_blocks = nn.ModuleList(Block(d, config.heads, config.mlp_ratio) for _ in range(config.prompt_depth))
-        self.fusion = nn.ModuleList(
-            Block(d, config.heads, config.mlp_ratio, cross=True) for _ in range(config.fusion_depth)
+        d = config.dim
+        self.image_encoder = ImageEncoderViT(
+            resolution=config.resolution,
+            patch=config.patch_size,
+            dim=d,
+            depth=config.encoder_depth,
+            heads=config.heads,
+            mlp_ratio=config.mlp_ratio,
+            window=config.window,
+            global_blocks=config.global_blocks,
+            use_rel_pos=config.relative_positions,
         )
+        self.pair_embed = nn.Linear(2 * d, d)
+        self.query_embed = nn.Linear(d, d)
+        self.fusion_position = nn.Parameter(torch.randn(1, self.grid**2, d) * 0.02)
+        self.bottleneck = nn.Linear(d, 2 * d) if config.bottleneck else None
+        self.fusion = nn.ModuleList(FusionBlock(d, config.heads, config.mlp_ratio) for _ in range(config.fusion_depth))
         self.similarity_scale = nn.Parameter(torch.tensor(10.0))
         self.similarity_embed = nn.Linear(3, d)
         self.head_norm = nn.LayerNorm(d)
         self.head_tokens = nn.Linear(d + 3, d)
-        self.unpatchify = nn.ConvTranspose2d(d, 16, p, stride=p)
-        self.refine = nn.Sequential(nn.Conv2d(16 + 1 + 3 + 1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 1, 1))
+        self.unpatchify = nn.ConvTranspose2d(d, HEAD_CHANNELS, config.patch_size, stride=config.patch_size)
+        self.refine = nn.Sequential(
+            nn.Conv2d(HEAD_CHANNELS + 1 + 3 + 1, HEAD_CHANNELS, 3, padding=1), nn.GELU(), nn.Conv2d(HEAD_CHANNELS, 1, 1)
+        )
 
     @property
     def grid(self) -> int:
         return self.config.resolution // self.config.patch_size
 
-    def _check(self, name: str, tensor: Tensor) -> None:
-        r = self.config.resolution
-        if tensor.ndim != 5 or tuple(tensor.shape[2:]) != (1, r, r):
-            raise ValueError(f"{name} must have shape (B, N, 1, {r}, {r}), got {tuple(tensor.shape)}")
-
-    def _encode_images(self, images: Tensor) -> Tensor:
-        """(M, 1, R, R) → tokens (M, T, D)."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position
-        for block in self.encoder:
-            x = block(x)
-        return x
+    def _bottleneck(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Variational bottleneck on prompt tokens: (sampled tokens, KL per task averaged over tokens and dims)."""
+        if self.bottleneck is None:
+            return tokens, tokens.new_zeros(tokens.shape[0])
+        mean, log_var = self.bottleneck(tokens).float().chunk(2, dim=-1)
+        log_var = log_var.clamp(-8, 8)
+        kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).mean(dim=(1, 2))
+        sampled = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        return sampled.to(tokens.dtype), kl
 
     def encode_prompts(self, prompt_images: Tensor, prompt_masks: Tensor) -> PromptEncoding:
-        self._check("prompt_images", prompt_images)
-        self._check("prompt_masks", prompt_masks)
+        check_prompts(prompt_images, prompt_masks, self.config.resolution, self.config.n_max)
         b, n = prompt_images.shape[:2]
-        if n < 1 or n > self.config.n_max:
-            raise ValueError(f"number of prompts must be between 1 and {self.config.n_max}, got {n}")
         images, masks = prompt_images.flatten(0, 1), prompt_masks.flatten(0, 1).to(prompt_images.dtype)
-        features = self._encode_images(images)
-        coverage = F.avg_pool2d(masks, self.config.patch_size).flatten(1)[..., None]  # (B·N, T, 1)
-        tokens = features + self.mask_embed(masks).flatten(2).transpose(1, 2)
-        for block in self.prompt_blocks:
-            tokens = block(tokens)
+        encoded = self.image_encoder(torch.cat([images, masks]))
+        image_tokens, mask_tokens = encoded[: b * n], encoded[b * n :]
+        coverage = F.avg_pool2d(masks.float(), self.config.patch_size).flatten(1)[..., None]  # (B·N, T, 1)
+        tokens = self.pair_embed(torch.cat([image_tokens, mask_tokens], dim=-1)) + self.fusion_position
+        tokens, kl = self._bottleneck(tokens.reshape(b, n * self.grid**2, -1))
+        keys, values = [], []
+        for block in self.fusion:
+            tokens, k, v = block.prompts(tokens)
+            keys.append(k)
+            values.append(v)
         return PromptEncoding(
-            tokens.reshape(b, -1, tokens.shape[-1]),
-            _prototypes(features, coverage, b),
+            torch.stack(keys, dim=1),
+            torch.stack(values, dim=1),
+            _prototypes(image_tokens, coverage, b),
             _intensity_log_ratio(images, masks, b),
+            kl,
         )
 
     def segment(self, encoding: PromptEncoding, queries: Tensor) -> Tensor:
-        self._check("queries", queries)
+        check_images("queries", queries, self.config.resolution)
         b, q = queries.shape[:2]
+        if encoding.keys.shape[0] != b:
+            raise ValueError(f"queries have batch size {b} but the prompt encoding has {encoding.keys.shape[0]}")
         flat = queries.flatten(0, 1)
-        x = self._encode_images(flat) + self.query_marker
-        similarity = _similarity(x, encoding.prototypes.repeat_interleave(q, dim=0))  # (B·Q, T, 2)
-        ratio = encoding.intensity_log_ratio.repeat_interleave(q, dim=0)  # (B·Q, bins)
-        index = (flat.clamp(0, 1) * (INTENSITY_BINS - 1)).round().long().flatten(1)
+        features = self.image_encoder(flat)
+        similarity = torch.einsum(
+            "mld,mkd->mlk",
+            F.normalize(features.float(), dim=-1),
+            encoding.prototypes.float().repeat_interleave(q, dim=0),
+        )  # (B·Q, T, 2)
+        ratio = encoding.intensity_log_ratio.float().repeat_interleave(q, dim=0)  # (B·Q, bins)
+        index = (flat.float().clamp(0, 1) * (INTENSITY_BINS - 1)).round().long().flatten(1)
         intensity_prior = torch.gather(ratio, 1, index).reshape(b * q, 1, *flat.shape[-2:])
         token_prior = F.avg_pool2d(intensity_prior, self.config.patch_size).flatten(1)[..., None]
-        similarity = torch.cat([similarity, token_prior], dim=-1)  # (B·Q, T, 3)
-        x = x + self.similarity_embed(similarity * self.similarity_scale)
-        for block in self.fusion:
-            x = block(x, encoding.tokens, group=q)
-        tokens = self.head_tokens(torch.cat([self.head_norm(x), similarity], dim=-1))
+        similarity = torch.cat([similarity, token_prior], dim=-1).to(features.dtype)  # (B·Q, T, 3)
+        x = (
+            self.query_embed(features)
+            + self.fusion_position
+            + self.similarity_embed(similarity * self.similarity_scale)
+        )
+        for layer, block in enumerate(self.fusion):
+            x = block.queries(x, encoding.keys[:, layer], encoding.values[:, layer], q)
+        tokens = self.head_tokens(torch.cat([self.head_norm(x), similarity.to(x.dtype)], dim=-1))
         feature_map = tokens.transpose(1, 2).reshape(b * q, -1, self.grid, self.grid)
-        upsampled = self.unpatchify(feature_map)
         prior = F.interpolate(
             similarity.transpose(1, 2).reshape(b * q, 3, self.grid, self.grid) * self.similarity_scale,
             size=flat.shape[-2:],
             mode="bilinear",
             align_corners=False,
         )
-        logits = self.refine(torch.cat([upsampled, flat, prior, intensity_prior], dim=1))
+        head_input = [self.unpatchify(feature_map), flat, prior, intensity_prior]
+        dtype = head_input[0].dtype
+        logits = self.refine(torch.cat([t.to(dtype) for t in head_input], dim=1))
         return logits.reshape(b, q, 1, *flat.shape[-2:])
 
-    def forward(self, prompt_images: Tensor, prompt_masks: Tensor, queries: Tensor) -> Tensor:
-        return self.segment(self.encode_prompts(prompt_images, prompt_masks), queries)
-
-
-def build_model(config: PromptSegConfig | dict) -> PromptSeg:
-    """The model factory: the only way networks are built, from a config object or its JSON dict."""
-    if isinstance(config, dict):
-        config = PromptSegConfig.from_dict(config)
-    if config.architecture != "promptseg":
-        raise ValueError(f"unknown architecture {config.architecture!r}")
-    return PromptSeg(config)
+    def forward(
+        self, prompt_images: Tensor, prompt_masks: Tensor, queries: Tensor, return_kl: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits for the queries; with `return_kl`, also the bottleneck's KL term per task (for training)."""
+        encoding = self.encode_prompts(prompt_images, prompt_masks)
+        logits = self.segment(encoding, queries)
+        return (logits, encoding.kl) if return_kl else logits

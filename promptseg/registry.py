@@ -20,9 +20,9 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from torch import nn
 
 from promptseg.checkpoint import CONFIG, WEIGHTS
-from promptseg.model import PromptSeg
 
 # The pyfunc's predict() is deliberately unannotated (a dict of arrays has no MLflow type-hint schema); MLflow warns
 # about that on every load. Set here, at import, because MLflow resets warning filters while it runs the model file.
@@ -40,7 +40,7 @@ class RegistryError(Exception):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    network: PromptSeg
+    network: nn.Module
     name: str
     version: str
     model_card: dict
@@ -50,7 +50,7 @@ def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict
     """Model card with fields after a MONAI bundle's metadata.json."""
     r = config["resolution"]
     return {
-        "name": "PromptSeg",
+        "name": {"promptseg": "PromptSeg", "universeg": "UniverSeg-style baseline"}[config["architecture"]],
         "task": "in-context segmentation of one structure given prompt pairs (image + binary mask)",
         "inputs": {
             "prompt_images": {"shape": f"(B, N, 1, {r}, {r})", "value_range": [0, 1], "N": [1, config["n_max"]]},

@@ -89,12 +89,12 @@ class PromptSegEndpoint:
             masks=[
                 MaskResult(
                     query=name,
-                    height=mask.shape[0],
-                    width=mask.shape[1],
-                    foreground_fraction=float(mask.mean()),
-                    mask_png_base64=base64.b64encode(encode_png(mask)).decode(),
+                    height=result.mask.shape[0],
+                    width=result.mask.shape[1],
+                    foreground_fraction=float(result.mask.mean()),
+                    mask_png_base64=base64.b64encode(encode_png(result.mask)).decode(),
                 )
-                for (name, _), mask in zip(query_arrays, results, strict=True)
+                for (name, _), result in zip(query_arrays, results, strict=True)
             ],
             timings_ms={
                 "decode": 1e3 * (decoded - start),

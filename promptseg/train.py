@@ -21,8 +21,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, prepare_model
 
 from promptseg.checkpoint import load_model, load_trainer_state, save_model, save_trainer_state
+from promptseg.factory import build_model, load_pretrained_encoder, model_config
 from promptseg.losses import segmentation_loss
-from promptseg.model import PromptSeg, build_model, model_config
+from promptseg.synthetic_tasks import synthetic_batch
+from promptseg.task_augment import TaskAugmentConfig, augment_batch
 from promptseg.tracking import git_commit, use_experiment
 from storage.fingerprint import fingerprint_hash
 from storage.sampler import EpisodeSampler, split_tasks
@@ -37,6 +39,11 @@ class TrainConfig:
     resolution: int
     size: str = "tiny"
     n_max: int = 64
+    bottleneck: bool = False
+    kl_weight: float = 0.01
+    pretrained_encoder: str = ""
+    augment: dict = field(default_factory=dict)
+    synthetic_fraction: float = 0.25
     max_prompts: int = 8
     batch_size: int = 4
     steps: int = 300
@@ -69,8 +76,20 @@ def _learning_rate_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _as_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(value).to(device).float() for key, value in batch.items()}
+def _training_batch(
+    sampler: EpisodeSampler, generator: torch.Generator, config: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A batch of store episodes, or (with probability `synthetic_fraction`) of synthetic tasks, with the task
+    augmentation applied on `device`; all randomness from the sampler's state and `generator`, both saved in
+    checkpoints."""
+    if torch.rand(1, generator=generator).item() < config.synthetic_fraction:
+        n_prompts = int(torch.randint(1, config.max_prompts + 1, (1,), generator=generator))
+        batch = synthetic_batch(config.batch_size, n_prompts, 1, config.resolution, generator)
+    else:
+        arrays = sampler.sample_batch(config.batch_size, config.max_prompts)
+        batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
+    batch = {key: value.to(device).float() for key, value in batch.items()}
+    return augment_batch(batch, TaskAugmentConfig(**config.augment), generator)
 
 
 def train_loop_per_worker(raw_config: dict) -> None:
@@ -83,7 +102,10 @@ def train_loop_per_worker(raw_config: dict) -> None:
     training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
     sampler = EpisodeSampler(store, training_tasks, seed=config.seed * 1000 + rank)
     torch.manual_seed(config.seed)
-    network = build_model(model_config(config.size, config.resolution, config.n_max))
+    network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck))
+    if config.pretrained_encoder:
+        load_pretrained_encoder(network, Path(config.pretrained_encoder))
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank + 1)
     model = prepare_model(network)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr * world, weight_decay=config.weight_decay)
@@ -99,15 +121,16 @@ def train_loop_per_worker(raw_config: dict) -> None:
         start = state["step"]
         sampler.set_state(state["samplers"][rank])
         torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["augment_rngs"][rank])
         random.setstate(state["python_rng"])
     tracker = mlflow.MlflowClient(config.tracking_uri) if rank == 0 and config.run_id else None
     losses: list[float] = []
     model.train()
     for step in range(start, config.steps):
-        batch = _as_tensors(sampler.sample_batch(config.batch_size, config.max_prompts), device)
+        batch = _training_batch(sampler, generator, config, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch["prompt_images"], batch["prompt_masks"], batch["queries"])
-        loss = segmentation_loss(logits.float(), batch["query_masks"])
+            logits, kl = model(batch["prompt_images"], batch["prompt_masks"], batch["queries"], return_kl=True)
+        loss = segmentation_loss(logits.float(), batch["query_masks"]) + config.kl_weight * kl.float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -115,17 +138,18 @@ def train_loop_per_worker(raw_config: dict) -> None:
         scheduler.step()
         losses.append(loss.item())
         if (step + 1) % config.report_every == 0 or step + 1 == config.steps:
-            _report(step + 1, losses, network, optimizer, scheduler, sampler, config, rank, world, tracker)
+            randomness = (sampler.state(), generator.get_state())
+            _report(step + 1, losses, network, optimizer, scheduler, randomness, config, rank, world, tracker)
             losses = []
 
 
 def _report(
     step: int,
     losses: list[float],
-    network: PromptSeg,
+    network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    sampler: EpisodeSampler,
+    randomness: tuple[dict, torch.Tensor],
     config: TrainConfig,
     rank: int,
     world: int,
@@ -135,11 +159,9 @@ def _report(
     if world > 1:
         torch.distributed.all_reduce(mean_loss)
         mean_loss /= world
-    sampler_states = [None] * world
+    worker_states = [randomness] * world  # (sampler state, augmentation generator state) per rank
     if world > 1:
-        torch.distributed.all_gather_object(sampler_states, sampler.state())
-    else:
-        sampler_states = [sampler.state()]
+        torch.distributed.all_gather_object(worker_states, randomness)
     metrics = {"step": step, "loss": float(mean_loss), "lr": scheduler.get_last_lr()[0]}
     if rank != 0:
         ray.train.report(metrics)
@@ -154,7 +176,8 @@ def _report(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
-                "samplers": sampler_states,
+                "samplers": [sampler_state for sampler_state, _ in worker_states],
+                "augment_rngs": [generator_state for _, generator_state in worker_states],
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
             },

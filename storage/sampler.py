@@ -1,9 +1,8 @@
 """Episodic sampling from the task store: a task, N prompt slices and query slices of the same structure.
 
 Queries come from a case other than the prompts' when the task spans several cases; otherwise they are at
-least `min_gap` slices away from every prompt, so a model cannot copy a neighbouring prompt. Training episodes
-get the same random flip/rotation and intensity mapping on prompts and queries alike (a task augmentation: the
-appearance changes, the task stays consistent). The sampler's random state is part of a training checkpoint.
+least `min_gap` slices away from every prompt, so a model cannot copy a neighbouring prompt. The sampler's
+random state is part of a training checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from storage.task_store import SliceRef, Task, TaskStore
 class Episode:
     """Arrays in the model's layout without the batch axis: (N, 1, R, R) prompts, (Q, 1, R, R) queries.
 
-    Images are float16 as stored (float32 after augmentation), masks uint8; models take them as float tensors."""
+    Images are float16 as stored, masks uint8; models take them as float tensors."""
 
     task_id: str
     prompt_images: np.ndarray
@@ -30,7 +29,6 @@ class Episode:
 
 
 MIN_FOREGROUND_FRACTION = 1e-3
-_FLOAT16_VALUES = np.nan_to_num(np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32))
 
 
 def is_held_out(task: Task, patterns: list[str]) -> bool:
@@ -96,11 +94,10 @@ def read_episode(store: TaskStore, task: Task, prompts: list[SliceRef], queries:
 class EpisodeSampler:
     """Draws training episodes: a dataset uniformly, then one of its tasks, then prompts and queries."""
 
-    def __init__(self, store: TaskStore, tasks: list[Task], seed: int, *, augment: bool = True) -> None:
+    def __init__(self, store: TaskStore, tasks: list[Task], seed: int) -> None:
         if not tasks:
             raise ValueError("no tasks to sample from")
         self.store = store
-        self.augment = augment
         self.rng = np.random.default_rng(seed)
         self._by_dataset: dict[str, list[Task]] = {}
         for task in tasks:
@@ -120,8 +117,7 @@ class EpisodeSampler:
             task = candidates[self.rng.integers(len(candidates))]
             chosen = choose_prompts_and_queries(task, n_prompts, n_queries, self.rng)
             if chosen is not None:
-                episode = read_episode(self.store, task, *chosen)
-                return self._augmented(episode) if self.augment else episode
+                return read_episode(self.store, task, *chosen)
 
     def sample_batch(self, batch_size: int, max_prompts: int, n_queries: int = 1) -> dict[str, np.ndarray]:
         """A batch of episodes sharing one prompt count N drawn from 1..max_prompts."""
@@ -133,31 +129,3 @@ class EpisodeSampler:
             "queries": np.stack([e.query_images for e in episodes]),
             "query_masks": np.stack([e.query_masks for e in episodes]),
         }
-
-    def _augmented(self, episode: Episode) -> Episode:
-        """One random geometry and one random intensity mapping (gamma, sometimes inverted) for the whole
-        episode: a structure's absolute brightness then says nothing, so the model must read the prompts."""
-        k = int(self.rng.integers(4))
-        flip = bool(self.rng.integers(2))
-        gamma = float(np.exp(self.rng.uniform(-0.7, 0.7)))
-        invert = bool(self.rng.integers(2))
-
-        def geometry(array: np.ndarray) -> np.ndarray:
-            array = np.rot90(array, k, axes=(-2, -1))
-            return np.ascontiguousarray(array[..., ::-1] if flip else array)
-
-        # The mapping as a lookup table over every float16 value: exact for stored images and much cheaper than
-        # raising every pixel to a power.
-        table = np.power(np.clip(_FLOAT16_VALUES, 0.0, 1.0), gamma)
-        table = 1.0 - table if invert else table
-
-        def intensity(array: np.ndarray) -> np.ndarray:
-            return table[np.ascontiguousarray(array, np.float16).view(np.uint16)]
-
-        return Episode(
-            episode.task_id,
-            intensity(geometry(episode.prompt_images)),
-            geometry(episode.prompt_masks),
-            intensity(geometry(episode.query_images)),
-            geometry(episode.query_masks),
-        )

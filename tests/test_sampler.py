@@ -16,7 +16,7 @@ def test_episodes_hold_the_task_label_and_respect_hold_outs(settings: Settings, 
     training, held_out = split_tasks(store.tasks(), ["kidney*", "center:center-c"], store.resolution)
     assert not any(t.label_name == "kidney" or t.center == "center-c" for t in training)
     assert {t.center for t in held_out} >= {"center-a", "center-b", "center-c"}
-    sampler = EpisodeSampler(store, training, seed=1, augment=False)
+    sampler = EpisodeSampler(store, training, seed=1)
     for _ in range(20):
         episode = sampler.sample(n_prompts=3, n_queries=2)
         assert episode.prompt_images.shape == (3, 1, settings.resolution, settings.resolution)

@@ -112,3 +112,19 @@ def test_query_cli_writes_masks_and_overlays(
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(tmp_path / "q1_mask.png")).shape == (50, 100)
     assert (tmp_path / "q0_overlay.png").stat().st_size > 1000
+
+
+def test_segment_cli_runs_the_predictor_in_process(
+    settings: Settings, served: str, files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """`promptseg segment` loads the champion and ensembles over prompt subsets, writing uncertainty maps too."""
+    arguments = ["segment", "--out", str(tmp_path), "--modality", "MR", "--ensemble", "3"]
+    for image, mask in zip(files["images"], files["masks"], strict=True):
+        arguments += ["--prompt-image", str(image), "--prompt-mask", str(mask)]
+    for query in files["queries"]:
+        arguments += ["--query", str(query)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(tmp_path / "q1_mask.png")).shape == (50, 100)
+    assert np.asarray(Image.open(tmp_path / "q0_uncertainty.png")).shape == (80, 60)
+    assert (tmp_path / "q0_overlay.png").stat().st_size > 1000
