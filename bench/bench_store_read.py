@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -27,6 +29,7 @@ def main() -> None:
         os.environ["PROMPTSEG_RESOLUTION"] = str(args.resolution)
         from pipelines import environment, stages
         from promptseg.settings import Settings
+        from promptseg.task_augment import TaskAugmentConfig, augment_batch
         from storage.sampler import EpisodeSampler, split_tasks
         from storage.synthetic import write_synthetic_datasets
         from storage.task_store import TaskStore
@@ -37,11 +40,24 @@ def main() -> None:
         stages.preprocess(settings)
         store = TaskStore.open(settings.store, args.resolution)
         tasks, _ = split_tasks(store.tasks(), [], store.resolution)
+        generator = torch.Generator().manual_seed(0)
         for n_prompts, augment in ((1, False), (8, False), (8, True)):
-            sampler = EpisodeSampler(store, tasks, seed=0, augment=augment)
+            sampler = EpisodeSampler(store, tasks, seed=0)
             count, start = 0, time.perf_counter()
             while time.perf_counter() - start < args.seconds:
-                sampler.sample(n_prompts, 1)
+                episode = sampler.sample(n_prompts, 1)
+                if augment:
+                    arrays = {
+                        "prompt_images": episode.prompt_images,
+                        "prompt_masks": episode.prompt_masks,
+                        "queries": episode.query_images,
+                        "query_masks": episode.query_masks,
+                    }
+                    augment_batch(
+                        {key: torch.from_numpy(value[None]).float() for key, value in arrays.items()},
+                        TaskAugmentConfig(),
+                        generator,
+                    )
                 count += 1
             elapsed = time.perf_counter() - start
             print(
