@@ -3,7 +3,8 @@ bottleneck, and the UniverSeg-style baseline, each trained with the same budget 
 
 Builds a workspace (multi-center simulator + the embedded CT sample → ingest → preprocess), then for every
 variant and seed trains through the platform (Ray Train, 2 workers), registers and evaluates the version
-(held-out kidneys, prompts and queries from different cases, trivial baselines, supervised UNet upper bound).
+(held-out kidneys, prompts and queries from different cases, trivial baselines; the supervised UNet upper bound,
+which does not depend on the variant, in the first run only).
 Prints one JSON line per run and one summary line per variant (mean ± sd over seeds of the held-out Dice on
 the synthetic centers at N ≥ 4).
 Usage: python bench/bench_heldout.py [--steps 300] [--seeds 0 1 2] [--variants promptseg promptseg-ib universeg]
@@ -64,7 +65,9 @@ def main() -> None:
                     settings, steps=args.steps, seed=seed, run_name=f"{variant}-seed{seed}", **VARIANTS[variant]
                 )
                 train_s = time.perf_counter() - start
-                evaluation = stages.evaluate(settings, trained["version"], supervised_steps=args.supervised_steps)
+                first = not results
+                supervised_steps = args.supervised_steps if first else 0  # the same for every variant: once
+                evaluation = stages.evaluate(settings, trained["version"], supervised_steps=supervised_steps)
                 primary = "universeg" if variant == "universeg" else "promptseg"
                 row = {
                     "bench": "heldout",

@@ -83,6 +83,7 @@ def train(
         Path | None, typer.Option(help="Local SAM / SAM-Med2D ViT weights for the image encoder.")
     ] = None,
     synthetic_fraction: Annotated[float, typer.Option(help="Share of batches made of synthetic tasks.")] = 0.25,
+    augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
 ) -> None:
     """Train an in-context network (SIZE: tiny, small, base, or universeg for the baseline) with Ray Train;
     register the result as the `challenger` version."""
@@ -99,6 +100,7 @@ def train(
             bottleneck=bottleneck,
             pretrained_encoder=pretrained_encoder,
             synthetic_fraction=synthetic_fraction,
+            augment=None if augment else {"enabled": False},
         )
     )
 

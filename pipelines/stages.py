@@ -60,6 +60,7 @@ def train(
     bottleneck: bool = False,
     pretrained_encoder: Path | None = None,
     synthetic_fraction: float = 0.25,
+    augment: dict | None = None,
 ) -> dict:
     from promptseg import cluster
     from promptseg.registry import register_checkpoint
@@ -79,6 +80,7 @@ def train(
         bottleneck=bottleneck,
         pretrained_encoder=str(pretrained_encoder.resolve()) if pretrained_encoder else "",
         synthetic_fraction=synthetic_fraction,
+        augment=augment or {},
     )
     result = run_training(
         config,
