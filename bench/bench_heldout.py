@@ -29,10 +29,13 @@ VARIANTS = {
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
 
 
-def _synthetic_dice(report_dir: str, method: str) -> float:
+def _dice(report_dir: str, method: str, synthetic: bool = True) -> float:
+    """Mean Dice at N ≥ 4 over the synthetic centers' held-out tasks (or, with synthetic=False, the real CT's)."""
     rows = json.loads((Path(report_dir) / "results.json").read_text())["rows"]
     values = [
-        r["dice"] for r in rows if r["method"] == method and r["dataset"].startswith("synth") and r["n_prompts"] >= 4
+        r["dice"]
+        for r in rows
+        if r["method"] == method and r["dataset"].startswith("synth") == synthetic and r["n_prompts"] >= 4
     ]
     return float(np.mean(values)) if values else float("nan")
 
@@ -76,13 +79,13 @@ def main() -> None:
                     "steps": args.steps,
                     "resolution": args.resolution,
                     "train_s": round(train_s, 1),
-                    "dice": _synthetic_dice(evaluation["report_dir"], primary),
-                    "dice_other_task_prompts": _synthetic_dice(
-                        evaluation["report_dir"], primary + "_other_task_prompts"
-                    ),
-                    "dice_mean_prompt_mask": _synthetic_dice(evaluation["report_dir"], "mean_prompt_mask"),
-                    "dice_most_similar_prompt": _synthetic_dice(evaluation["report_dir"], "most_similar_prompt"),
-                    "dice_supervised_unet": _synthetic_dice(evaluation["report_dir"], "supervised_unet"),
+                    "dice": _dice(evaluation["report_dir"], primary),
+                    "dice_real_ct": _dice(evaluation["report_dir"], primary, synthetic=False),
+                    "dice_real_ct_most_similar_prompt": _dice(evaluation["report_dir"], "most_similar_prompt", False),
+                    "dice_other_task_prompts": _dice(evaluation["report_dir"], primary + "_other_task_prompts"),
+                    "dice_mean_prompt_mask": _dice(evaluation["report_dir"], "mean_prompt_mask"),
+                    "dice_most_similar_prompt": _dice(evaluation["report_dir"], "most_similar_prompt"),
+                    "dice_supervised_unet": _dice(evaluation["report_dir"], "supervised_unet"),
                 }
                 results.setdefault(variant, []).append(row["dice"])
                 print(json.dumps(row), flush=True)

@@ -8,7 +8,9 @@ Every network (PromptSeg, the UniverSeg-style baseline) takes::
     → logits      (B, Q, 1, R, R)
 
 and offers `encode_prompts(prompt_images, prompt_masks)` (a NamedTuple of tensors, batch axis first, that can be
-cached) and `segment(encoding, queries)`. Violations raise `ValueError` with the argument's name. Imports only torch.
+cached), `segment(encoding, queries)`, and `forward(..., return_kl=True)` giving (logits, a KL term per task) for
+the trainer (zeros for a network without an information bottleneck). Violations raise `ValueError` with the
+argument's name. Imports only torch.
 """
 
 from __future__ import annotations

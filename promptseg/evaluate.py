@@ -13,8 +13,9 @@ skipped, never filled with query slices. Methods, all on the same prompts and qu
 - `supervised_unet` (optional upper bound): a UNet trained on the task's labelled slices of the other cases than
   the queries' (cached per task and query case).
 
-Every query gets Dice, IoU and HD95 (pixels of the model grid); a resample's score is the mean over its queries,
-and each summary cell is mean ± sd over the resamples (pooled over tasks). Writes results.json, results.md, a
+Every query gets Dice, IoU and HD95 (pixels of the model grid); a resample's score is the mean over its queries.
+Each summary cell is the mean over tasks of the mean over resamples, ± the typical sd over resamples (root mean
+square over tasks); a per-task Dice table at the largest N follows. Writes results.json, results.md, a
 Dice-vs-N plot with error bars and overlay PNGs.
 """
 
@@ -205,27 +206,60 @@ def evaluate(
     methods = list(dict.fromkeys(r["method"] for r in rows))
     summary = {
         method: {
-            str(n): {m: summarize([r[m] for r in cell]) for m in METRICS}
+            str(n): {m: _over_resamples(cell, m) for m in METRICS}
             for n in spec.n_prompts
             if (cell := [r for r in rows if r["method"] == method and r["n_prompts"] == n])
         }
         for method in methods
     }
+    largest = str(max(spec.n_prompts))
+    per_task = {
+        task.task_id: {
+            method: summarize([r["dice"] for r in cell])
+            for method in methods
+            if (
+                cell := [
+                    r
+                    for r in rows
+                    if r["task"] == task.task_id and r["method"] == method and str(r["n_prompts"]) == largest
+                ]
+            )
+        }
+        for task in tasks
+    }
     report = {
         "spec": asdict(spec),
         "primary": primary,
         "summary": summary,
+        "per_task_dice_at_largest_n": per_task,
         "skipped": skipped,
         "rows": rows,
         "tasks": [t.task_id for t in tasks],
     }
     (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "results.md").write_text(_markdown(summary, spec), encoding="utf-8")
+    (out_dir / "results.md").write_text(_markdown(summary, per_task, spec), encoding="utf-8")
     _dice_vs_n_plot(summary, out_dir / "dice_vs_n.png")
     return report
 
 
-def _markdown(summary: dict, spec: EvalSpec) -> str:
+def _over_resamples(rows: list[dict], metric: str) -> dict:
+    """Mean over tasks of each task's mean over prompt resamples; sd is the root mean square over tasks of each
+    task's sd over resamples (the spread that re-drawing the prompts causes, not the spread between tasks)."""
+    by_task: dict[str, list[float]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row[metric])
+    stats = [s for s in (summarize(values) for values in by_task.values()) if s["count"]]
+    if not stats:
+        return {"mean": float("nan"), "sd": float("nan"), "count": 0, "tasks": 0}
+    return {
+        "mean": float(np.mean([s["mean"] for s in stats])),
+        "sd": float(np.sqrt(np.mean([s["sd"] ** 2 for s in stats]))),
+        "count": int(sum(s["count"] for s in stats)),
+        "tasks": len(stats),
+    }
+
+
+def _markdown(summary: dict, per_task: dict, spec: EvalSpec) -> str:
     lines = []
     for metric in METRICS:
         lines += [
@@ -243,7 +277,19 @@ def _markdown(summary: dict, spec: EvalSpec) -> str:
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    methods = list(summary)
+    lines += [
+        f"### Dice per task at N={max(spec.n_prompts)} (mean ± sd over prompt resamples)",
+        "",
+        "| task | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for task, per_method in per_task.items():
+        cells = [
+            f"{per_method[m]['mean']:.3f} ± {per_method[m]['sd']:.3f}" if m in per_method else "–" for m in methods
+        ]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def headline_scores(report: dict) -> dict[str, float]:

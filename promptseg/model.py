@@ -10,9 +10,9 @@ After PromptSeg (ICASSP 2025; journal version Entropy 2026), with the reference 
   every layer therefore do not depend on the queries: `encode_prompts` computes them once per task and `segment`
   reuses them for any number of queries. Every reduction over prompts is an attention or a sum, so the output
   does not depend on prompt order.
-- Two order-free priors from the prompts help a small model read them: foreground/background prototypes of the
-  encoder features (cosine similarity per query token, as in few-shot segmentation) and the log-likelihood ratio
-  of foreground vs background intensities.
+- Three order-free priors from the prompts help a small model read them: foreground/background prototypes of the
+  encoder features (cosine similarity per query token, as in few-shot segmentation), the log-likelihood ratio
+  of foreground vs background intensities, and the mean of the prompt masks (where the structure tends to lie).
 - A light head: tokens → transposed-convolution unpatchify → a small convolution with the query image → logits.
 - Optional information bottleneck (the journal version's framing): the prompt tokens pass through a variational
   bottleneck whose KL term the training loss weighs; off by default (see bench/RESULTS.md for the comparison).
@@ -56,6 +56,7 @@ SIZES: dict[str, dict] = {
 }
 TOKEN_GRID = 16
 INTENSITY_BINS = 64
+PRIORS = 4  # per query token: similarity to the foreground and background prototypes, intensity, location
 HEAD_CHANNELS = 16
 
 
@@ -111,13 +112,15 @@ class PromptEncoding(NamedTuple):
     """A task's prompts, encoded once (batch axis first, so encodings concatenate and serialize as tensors).
 
     keys, values: (B, layers, N·T, D) per fusion layer; prototypes: (B, 2, D) foreground/background;
-    intensity_log_ratio: (B, INTENSITY_BINS); kl: (B,) the bottleneck's KL term (zeros without a bottleneck).
+    intensity_log_ratio: (B, INTENSITY_BINS); mean_mask: (B, 1, R, R) the prompts' masks averaged (where the
+    structure tends to lie); kl: (B,) the bottleneck's KL term (zeros without a bottleneck).
     """
 
     keys: Tensor
     values: Tensor
     prototypes: Tensor
     intensity_log_ratio: Tensor
+    mean_mask: Tensor
     kl: Tensor
 
 
@@ -208,12 +211,14 @@ class PromptSeg(nn.Module):
         self.bottleneck = nn.Linear(d, 2 * d) if config.bottleneck else None
         self.fusion = nn.ModuleList(FusionBlock(d, config.heads, config.mlp_ratio) for _ in range(config.fusion_depth))
         self.similarity_scale = nn.Parameter(torch.tensor(10.0))
-        self.similarity_embed = nn.Linear(3, d)
+        self.similarity_embed = nn.Linear(PRIORS, d)
         self.head_norm = nn.LayerNorm(d)
-        self.head_tokens = nn.Linear(d + 3, d)
+        self.head_tokens = nn.Linear(d + PRIORS, d)
         self.unpatchify = nn.ConvTranspose2d(d, HEAD_CHANNELS, config.patch_size, stride=config.patch_size)
         self.refine = nn.Sequential(
-            nn.Conv2d(HEAD_CHANNELS + 1 + 3 + 1, HEAD_CHANNELS, 3, padding=1), nn.GELU(), nn.Conv2d(HEAD_CHANNELS, 1, 1)
+            nn.Conv2d(HEAD_CHANNELS + 1 + PRIORS + 2, HEAD_CHANNELS, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(HEAD_CHANNELS, 1, 1),
         )
 
     @property
@@ -249,6 +254,7 @@ class PromptSeg(nn.Module):
             torch.stack(values, dim=1),
             _prototypes(image_tokens, coverage, b),
             _intensity_log_ratio(images, masks, b),
+            masks.float().unflatten(0, (b, n)).mean(1),
             kl,
         )
 
@@ -267,8 +273,9 @@ class PromptSeg(nn.Module):
         ratio = encoding.intensity_log_ratio.float().repeat_interleave(q, dim=0)  # (B·Q, bins)
         index = (flat.float().clamp(0, 1) * (INTENSITY_BINS - 1)).round().long().flatten(1)
         intensity_prior = torch.gather(ratio, 1, index).reshape(b * q, 1, *flat.shape[-2:])
-        token_prior = F.avg_pool2d(intensity_prior, self.config.patch_size).flatten(1)[..., None]
-        similarity = torch.cat([similarity, token_prior], dim=-1).to(features.dtype)  # (B·Q, T, 3)
+        location_prior = encoding.mean_mask.float().repeat_interleave(q, dim=0)  # (B·Q, 1, R, R)
+        token_priors = F.avg_pool2d(torch.cat([intensity_prior, location_prior], 1), self.config.patch_size)
+        similarity = torch.cat([similarity, token_priors.flatten(2).transpose(1, 2)], dim=-1).to(features.dtype)
         x = (
             self.query_embed(features)
             + self.fusion_position
@@ -279,12 +286,12 @@ class PromptSeg(nn.Module):
         tokens = self.head_tokens(torch.cat([self.head_norm(x), similarity.to(x.dtype)], dim=-1))
         feature_map = tokens.transpose(1, 2).reshape(b * q, -1, self.grid, self.grid)
         prior = F.interpolate(
-            similarity.transpose(1, 2).reshape(b * q, 3, self.grid, self.grid) * self.similarity_scale,
+            similarity.transpose(1, 2).reshape(b * q, PRIORS, self.grid, self.grid) * self.similarity_scale,
             size=flat.shape[-2:],
             mode="bilinear",
             align_corners=False,
         )
-        head_input = [self.unpatchify(feature_map), flat, prior, intensity_prior]
+        head_input = [self.unpatchify(feature_map), flat, prior, intensity_prior, location_prior]
         dtype = head_input[0].dtype
         logits = self.refine(torch.cat([t.to(dtype) for t in head_input], dim=1))
         return logits.reshape(b, q, 1, *flat.shape[-2:])

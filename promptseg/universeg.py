@@ -127,8 +127,13 @@ class UniverSeg(nn.Module):
         logits = self._unet(queries.flatten(0, 1), support)
         return logits.reshape(b, q, 1, *queries.shape[-2:])
 
-    def forward(self, prompt_images: Tensor, prompt_masks: Tensor, queries: Tensor) -> Tensor:
-        return self.segment(self.encode_prompts(prompt_images, prompt_masks), queries)
+    def forward(
+        self, prompt_images: Tensor, prompt_masks: Tensor, queries: Tensor, return_kl: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits for the queries; with `return_kl` also a zero KL term per task (no bottleneck), as the trainer
+        expects of every network."""
+        logits = self.segment(self.encode_prompts(prompt_images, prompt_masks), queries)
+        return (logits, logits.new_zeros(logits.shape[0])) if return_kl else logits
 
     def _unet(self, query: Tensor, support: Tensor) -> Tensor:
         """query (M, 1, R, R), support (M, N, 2, R, R) → logits (M, 1, R, R)."""
