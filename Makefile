@@ -30,6 +30,9 @@ bench: install
 	$(BIN)/python bench/bench_store_read.py
 	$(BIN)/python bench/bench_preprocess.py
 	$(BIN)/python bench/bench_endpoint_latency.py
+	$(BIN)/python bench/bench_model_cost.py
+	$(BIN)/python bench/bench_query_latency.py
+	$(BIN)/python bench/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) .promptseg
