@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from workspace import prepared_workspace
 
 VARIANTS = {
     "promptseg": {"size": "tiny", "bottleneck": False},
     "promptseg-ib": {"size": "tiny", "bottleneck": True},
     "universeg": {"size": "universeg", "bottleneck": False},
 }
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
 
 
 def _dice(report_dir: str, method: str, synthetic: bool = True) -> float:
@@ -48,17 +47,10 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--supervised-steps", type=int, default=400)
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="promptseg-bench-heldout-")
-    os.environ["PROMPTSEG_WORKSPACE"] = str(Path(folder) / "ws")
-    os.environ["PROMPTSEG_RESOLUTION"] = str(args.resolution)
-    from pipelines import environment, stages
-    from promptseg.settings import Settings
-    from storage.synthetic import write_synthetic_datasets
+    folder = Path(tempfile.mkdtemp(prefix="promptseg-bench-heldout-"))
+    settings = prepared_workspace(folder, args.resolution, n_cases=4, with_sample=True)
+    from pipelines import stages
 
-    settings = Settings()
-    environment.prepare(settings)
-    stages.ingest(settings, [*write_synthetic_datasets(Path(folder) / "raw", n_cases=4, seed=0), SAMPLE])
-    stages.preprocess(settings)
     results: dict[str, list[float]] = {}
     try:
         for variant in args.variants:
@@ -68,9 +60,9 @@ def main() -> None:
                     settings, steps=args.steps, seed=seed, run_name=f"{variant}-seed{seed}", **VARIANTS[variant]
                 )
                 train_s = time.perf_counter() - start
-                first = not results
-                supervised_steps = args.supervised_steps if first else 0  # the same for every variant: once
-                evaluation = stages.evaluate(settings, trained["version"], supervised_steps=supervised_steps)
+                evaluation = trained["evaluation"]  # the quick profile, run after every training
+                if not results and args.supervised_steps:  # the supervised UNet does not depend on the variant: once
+                    evaluation = stages.evaluate(settings, trained["version"], supervised_steps=args.supervised_steps)
                 primary = "universeg" if variant == "universeg" else "promptseg"
                 row = {
                     "bench": "heldout",

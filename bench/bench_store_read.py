@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from workspace import prepared_workspace
 
 
 def main() -> None:
@@ -25,19 +26,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["PROMPTSEG_WORKSPACE"] = str(Path(folder) / "ws")
-        os.environ["PROMPTSEG_RESOLUTION"] = str(args.resolution)
-        from pipelines import environment, stages
-        from promptseg.settings import Settings
+        settings = prepared_workspace(Path(folder), args.resolution, n_cases=6)
         from promptseg.task_augment import TaskAugmentConfig, augment_batch
         from storage.sampler import EpisodeSampler, split_tasks
-        from storage.synthetic import write_synthetic_datasets
         from storage.task_store import TaskStore
 
-        settings = Settings()
-        environment.prepare(settings)
-        stages.ingest(settings, write_synthetic_datasets(Path(folder) / "raw", n_cases=6, seed=0))
-        stages.preprocess(settings)
         store = TaskStore.open(settings.store, args.resolution)
         tasks, _ = split_tasks(store.tasks(), [], store.resolution)
         generator = torch.Generator().manual_seed(0)

@@ -73,10 +73,14 @@ def train(
     ctx: typer.Context,
     steps: int = 400,
     size: str = "tiny",
-    workers: int = 2,
-    batch_size: int = 4,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP); batch and learning rate scale with it.")] = 2,
+    gpu: Annotated[bool, typer.Option(help="One GPU per worker (NCCL, bf16 autocast).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Episodes per worker per step.")] = 4,
     seed: int = 0,
     run_name: str | None = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run named --run-name from its last checkpoint.")] = False,
+    checkpoint_every: int = 50,
+    max_failures: Annotated[int, typer.Option(help="Worker failures survived by restarting from a checkpoint.")] = 2,
     register: bool = True,
     bottleneck: Annotated[bool, typer.Option(help="Variational information bottleneck on the prompt tokens.")] = False,
     pretrained_encoder: Annotated[
@@ -85,48 +89,59 @@ def train(
     synthetic_fraction: Annotated[float, typer.Option(help="Share of batches made of synthetic tasks.")] = 0.25,
     augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
 ) -> None:
-    """Train an in-context network (SIZE: tiny, small, base, or universeg for the baseline) with Ray Train;
-    register the result as the `challenger` version."""
-    _show(
-        stages.train(
-            _settings(ctx),
-            steps=steps,
-            size=size,
-            workers=workers,
-            batch_size=batch_size,
-            seed=seed,
-            run_name=run_name,
-            register=register,
-            bottleneck=bottleneck,
-            pretrained_encoder=pretrained_encoder,
-            synthetic_fraction=synthetic_fraction,
-            augment=None if augment else {"enabled": False},
-        )
+    """Train an in-context network (SIZE: tiny, small, base, or universeg for the baseline) with Ray Train, run the
+    quick held-out evaluation and register the result as the `challenger` version."""
+    options = (
+        {}
+        if resume
+        else {
+            "steps": steps,
+            "size": size,
+            "num_workers": workers,
+            "use_gpu": gpu,
+            "batch_size": batch_size,
+            "seed": seed,
+            "checkpoint_every": checkpoint_every,
+            "max_failures": max_failures,
+            "bottleneck": bottleneck,
+            "pretrained_encoder": str(pretrained_encoder.resolve()) if pretrained_encoder else "",
+            "synthetic_fraction": synthetic_fraction,
+            "augment": {} if augment else {"enabled": False},
+        }
     )
+    _show(stages.train(_settings(ctx), run_name=run_name, resume=resume, register=register, **options))
 
 
 @app.command()
 def evaluate(
     ctx: typer.Context,
     model: str = "challenger",
-    resamples: int = 3,
-    queries: int = 4,
+    profile: Annotated[str, typer.Option(help="quick (N 1/4/8, 3 resamples) or full (N to 64, baselines).")] = "quick",
+    resamples: Annotated[int | None, typer.Option(help="Override the profile's prompt resamples.")] = None,
+    queries: Annotated[int | None, typer.Option(help="Override the queries per resample.")] = None,
+    n_prompts: Annotated[list[int] | None, typer.Option(help="Override the prompt counts; repeatable.")] = None,
     baseline: Annotated[
         list[Path] | None, typer.Option(help="Checkpoint folder of another in-context network; repeatable.")
     ] = None,
-    supervised_steps: Annotated[int, typer.Option(help="Train the supervised UNet upper bound (0: skip).")] = 400,
-    ensemble: Annotated[int, typer.Option(help="Predictor ensemble size over prompt subsets.")] = 1,
+    supervised_steps: Annotated[int | None, typer.Option(help="Supervised UNet steps (0: skip).")] = None,
+    min_gap: Annotated[
+        int | None, typer.Option(help="Slices between prompts and queries in a single-case dataset.")
+    ] = None,
+    universeg_steps: Annotated[int, typer.Option(help="Training steps of the full profile's UniverSeg.")] = 2000,
 ) -> None:
-    """Evaluate a registered version (alias or number) on the held-out tasks beside the baselines."""
+    """Evaluate a registered version (alias or number) on its held-out tasks beside the baselines."""
     _show(
         stages.evaluate(
             _settings(ctx),
             model,
+            profile=profile,
+            baselines=baseline,
+            universeg_steps=universeg_steps,
             resamples=resamples,
             queries=queries,
-            baselines=baseline,
+            n_prompts=n_prompts or None,
             supervised_steps=supervised_steps,
-            ensemble=ensemble,
+            min_gap=min_gap,
         )
     )
 
@@ -138,9 +153,24 @@ def register(ctx: typer.Context, run_id: str, checkpoint: Path) -> None:
 
 
 @app.command()
-def promote(ctx: typer.Context, version: str | None = None) -> None:
-    """Move the `champion` alias to VERSION (default: the challenger)."""
-    _show({"champion": stages.promote(_settings(ctx), version)})
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Option(help="Pin `champion` to this version by hand.")] = None,
+    margin: Annotated[float, typer.Option(help="Dice the challenger must gain over the champion.")] = 0.0,
+    rollback: Annotated[bool, typer.Option(help="Return `champion` to its previous version.")] = False,
+    history: Annotated[bool, typer.Option(help="List every move of `champion`.")] = False,
+) -> None:
+    """Promote the challenger if it beats the champion on the same held-out evaluation (or pin, roll back, list)."""
+    from pipelines import promotion
+    from promptseg.registry import CHAMPION, alias_history
+
+    settings = _settings(ctx)
+    if history:
+        _show(alias_history(settings.tracking_uri, settings.model_name, CHAMPION))
+    elif rollback:
+        _show(promotion.rollback(settings))
+    else:
+        _show(stages.promote(settings, version=version, margin=margin))
 
 
 @app.command()

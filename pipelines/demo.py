@@ -1,7 +1,7 @@
 """`promptseg demo`: every stage end to end on the embedded defaults, then a held-out task queried over HTTP.
 
 Synthetic multi-center datasets plus data/samples/ct-abdomen-61 → ingest → preprocess (Prefect) → train the
-tiny model on Ray (2 workers) → register (challenger) → quick held-out evaluation → promote (champion) → serve
+tiny model on Ray (2 workers) → quick held-out evaluation → register (challenger) → promotion gate (champion) → serve
 (Ray Serve) → query held-out structures over HTTP, prompts and queries from different cases. Prints Dice of the
 model and of the mean-prompt-mask baseline, where the overlays are and how to query by hand. The endpoint keeps
 running until `promptseg serve --stop`.
@@ -79,7 +79,7 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     )
 
     console.rule("3/6 evaluate: quick held-out evaluation (structures never seen in training)")
-    evaluation = stages.evaluate(settings, trained["version"], supervised_steps=0)
+    evaluation = trained["evaluation"]
     table = Table("held-out Dice", *[f"N={n}" for n in sorted(evaluation["summary"]["promptseg"], key=int)])
     for method, per_n in evaluation["summary"].items():
         table.add_row(
@@ -87,8 +87,9 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
         )
     console.print(table)
 
-    console.rule("4/6 promote: champion → the new version")
-    console.print(f"champion = version {stages.promote(settings, trained['version'])}")
+    console.rule("4/6 promote: the challenger replaces the champion only if it scores at least as well")
+    decision = stages.promote(settings)
+    console.print(f"champion = version {decision['champion']} ({decision['reason']})")
 
     console.rule("5/6 serve: Ray Serve + FastAPI on 127.0.0.1")
     url = stages.serve(settings)

@@ -8,8 +8,10 @@ folder (registered as `challenger`); evaluate → a report folder logged to the 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from promptseg.settings import Settings
 
@@ -50,37 +52,30 @@ def preprocess(settings: Settings, datasets: list[str] | None = None) -> dict:
 def train(
     settings: Settings,
     *,
-    steps: int,
-    size: str = "tiny",
-    workers: int = 2,
-    batch_size: int = 4,
-    seed: int = 0,
     run_name: str | None = None,
+    resume: bool = False,
     register: bool = True,
-    bottleneck: bool = False,
-    pretrained_encoder: Path | None = None,
-    synthetic_fraction: float = 0.25,
-    augment: dict | None = None,
+    evaluate: bool = True,
+    **options: Any,
 ) -> dict:
+    """Train on Ray (options are `promptseg.train.TrainConfig` fields: steps, size, num_workers, …), run the `quick`
+    held-out evaluation on the result (logged to the run) and register it as the challenger with those scores.
+    `resume=True` continues the run named `run_name` from its last checkpoint."""
     from promptseg import cluster
+    from promptseg.checkpoint import load_model
+    from promptseg.evaluate import eval_spec
     from promptseg.registry import register_checkpoint
     from promptseg.train import TrainConfig, run_training
 
+    if resume and not run_name:
+        raise ValueError("resuming needs the name of the run to continue")
     cluster.connect(settings.services_dir, settings.ray_address)
     config = TrainConfig(
         store_url=settings.store,
         resolution=settings.resolution,
-        size=size,
-        steps=steps,
-        num_workers=workers,
-        batch_size=batch_size,
-        seed=seed,
         held_out=settings.held_out,
         tracking_uri=settings.tracking_uri,
-        bottleneck=bottleneck,
-        pretrained_encoder=str(pretrained_encoder.resolve()) if pretrained_encoder else "",
-        synthetic_fraction=synthetic_fraction,
-        augment=augment or {},
+        **options,
     )
     result = run_training(
         config,
@@ -89,16 +84,24 @@ def train(
         checkpoints_dir=settings.root / "checkpoints",
         experiment=settings.experiment,
         artifact_root=settings.artifact_root,
+        resume=resume,
     )
-    outcome = {
+    outcome: dict[str, Any] = {
         "run_id": result.run_id,
         "run_name": result.run_name,
         "checkpoint": str(result.checkpoint_dir),
         "final_loss": result.metrics["loss"],
     }
+    scores = None
+    if evaluate:
+        spec = eval_spec("quick", config.held_out)
+        out_dir = settings.reports_dir / result.run_name
+        evaluation = evaluate_network(settings, load_model(result.checkpoint_dir), spec, out_dir, result.run_id)
+        outcome["evaluation"] = evaluation
+        scores = evaluation["scores"]
     if register:
         outcome["version"] = register_checkpoint(
-            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name
+            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name, scores
         )
     return outcome
 
@@ -109,56 +112,109 @@ def register(settings: Settings, run_id: str, checkpoint: Path) -> str:
     return register_checkpoint(checkpoint, run_id, settings.tracking_uri, settings.model_name)
 
 
+def evaluate_network(
+    settings: Settings,
+    network: Any,
+    spec: Any,
+    out_dir: Path,
+    run_id: str,
+    others: dict | None = None,
+) -> dict:
+    """Evaluate `network` under `spec` on the current store; log scores and the report folder to MLflow run
+    `run_id`. Supervised UNets are kept per store snapshot under workspace/baselines for reuse."""
+    import mlflow
+
+    from promptseg.evaluate import evaluate as run_evaluation
+    from promptseg.evaluate import headline_scores
+    from storage.task_store import TaskStore
+
+    store = TaskStore.open(settings.store, network.config.resolution)
+    snapshot = store.snapshot_id()
+    supervised_cache = settings.root / "baselines" / f"supervised-{snapshot}"
+    report = run_evaluation(network, store, spec, out_dir, others, supervised_cache)
+    scores = headline_scores(report)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
+        mlflow.log_dict({"spec": report["spec"], "store_snapshot_id": snapshot}, f"evaluation-{spec.profile}/spec.json")
+        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation-{spec.profile}")
+    return {
+        "report_dir": str(out_dir),
+        "scores": scores,
+        "summary": report["summary"],
+        "primary": report["primary"],
+        "spec": report["spec"],
+        "store_snapshot_id": snapshot,
+        "supervised_trained": report["supervised_trained"],
+    }
+
+
+def universeg_baseline(settings: Settings, steps: int) -> Path:
+    """The UniverSeg-style baseline's checkpoint for the current store snapshot, trained on first use (same held-out
+    spec, no registration) and kept under workspace/baselines for every later `full` evaluation."""
+    from storage.task_store import TaskStore
+
+    snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
+    folder = settings.root / "baselines" / f"universeg-{snapshot}-{steps}steps"
+    if not (folder / "model.safetensors").exists():
+        trained = train(
+            settings,
+            steps=steps,
+            size="universeg",
+            run_name=time.strftime(f"universeg-{snapshot}-%Y%m%d-%H%M%S"),
+            register=False,
+            evaluate=False,
+        )
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(trained["checkpoint"], partial)
+        partial.replace(folder)
+    return folder
+
+
 def evaluate(
     settings: Settings,
     model: str,
     *,
-    resamples: int = 3,
-    queries: int = 4,
+    profile: str = "quick",
     baselines: list[Path] | None = None,
-    supervised_steps: int = 400,
-    ensemble: int = 1,
+    universeg_steps: int = 2000,
+    **overrides: Any,
 ) -> dict:
-    """Evaluate a registered version beside the trivial baselines, the in-context networks whose checkpoint
-    folders are given (e.g. a UniverSeg-style run) and, with `supervised_steps`, the supervised UNet."""
-    import mlflow
+    """Evaluate a registered version (alias or number) on the held-out spec recorded on it, under a profile
+    (`quick` or `full`; overrides change single spec fields). `full` adds the UniverSeg-style baseline (trained once
+    per store snapshot) and the supervised UNet; `baselines` adds checkpoint folders of other in-context networks.
+    Scores are logged to the version's run and tagged on the version."""
+    from mlflow import MlflowClient
 
     from promptseg.checkpoint import load_model
-    from promptseg.evaluate import EvalSpec, headline_scores
-    from promptseg.evaluate import evaluate as run_evaluation
+    from promptseg.evaluate import eval_spec
     from promptseg.registry import load_version, tag_scores
-    from storage.task_store import TaskStore
 
     loaded = load_version(settings.tracking_uri, settings.model_name, model)
-    out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}"
-    store = TaskStore.open(settings.store, loaded.network.config.resolution)
+    version = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version)
+    held_out = version.tags["held_out"].split(",") if version.tags.get("held_out") else settings.held_out
+    spec = eval_spec(profile, held_out, **overrides)
+    folders = list(baselines or [])
+    if profile == "full" and loaded.network.config.architecture != "universeg":
+        folders.append(universeg_baseline(settings, universeg_steps))
     others = {}
-    for folder in baselines or []:
+    for folder in folders:
         network = load_model(Path(folder))
         name = network.config.architecture
         taken = name in others or name == loaded.network.config.architecture
         others[Path(folder).name if taken else name] = network
-    spec = EvalSpec(
-        held_out=settings.held_out,
-        resamples=resamples,
-        queries=queries,
-        supervised_steps=supervised_steps,
-        ensemble=ensemble,
-    )
-    report = run_evaluation(loaded.network, store, spec, out_dir, others)
-    scores = headline_scores(report)
-    run_id = mlflow.MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version).run_id
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
-        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-    tag_scores(settings.tracking_uri, settings.model_name, loaded.version, scores)
-    return {"version": loaded.version, "report_dir": str(out_dir), "scores": scores, "summary": report["summary"]}
+    out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}-{profile}"
+    result = evaluate_network(settings, loaded.network, spec, out_dir, version.run_id, others)
+    tag_scores(settings.tracking_uri, settings.model_name, loaded.version, result["scores"])
+    return {"version": loaded.version, **result}
 
 
-def promote(settings: Settings, version: str | None = None) -> str:
-    from promptseg.registry import promote as move_alias
+def promote(settings: Settings, *, version: str | None = None, margin: float = 0.0) -> dict:
+    """With `version`, pin `champion` to it by hand; otherwise run the promotion gate (pipelines.promotion)."""
+    from pipelines.promotion import gate, pin
 
-    return move_alias(settings.tracking_uri, settings.model_name, version)
+    return pin(settings, version) if version else gate(settings, margin)
 
 
 def serve(settings: Settings, alias: str = "champion") -> str:

@@ -5,14 +5,17 @@
   from code (promptseg/pyfunc_model.py) whose loader rebuilds the network through the model factory.
 - Version tags: the run's lineage (git commit, store snapshot id, fingerprint hash, held-out spec) and, after
   evaluation, the held-out scores.
-- Aliases: `challenger` (just trained) and `champion` (served). Promotion moves an alias and appends the move
-  to the registered model's `champion_history` tag, so a rollback is one command; versions are never rewritten.
+- Aliases: `challenger` (just trained) and `champion` (served). Every alias move is recorded as its own tag on
+  the registered model (`<alias>_move_<n>`: when, who, from and to which version, why, and the scores the decision
+  rested on), so the history can be listed and a rollback is one command; versions are never rewritten.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +71,11 @@ def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict
     }
 
 
-def register_checkpoint(checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str) -> str:
-    """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger."""
+def register_checkpoint(
+    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, scores: dict[str, float] | None = None
+) -> str:
+    """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger; `scores`
+    (held-out, from the training's evaluation) go into the model card and the version's tags."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -77,7 +83,7 @@ def register_checkpoint(checkpoint_dir: Path, run_id: str, tracking_uri: str, na
     config = json.loads((checkpoint_dir / CONFIG).read_text())
     with tempfile.TemporaryDirectory() as folder:
         card_path = Path(folder) / "model_card.json"
-        card_path.write_text(json.dumps(model_card(config, run_tags), indent=2))
+        card_path.write_text(json.dumps(model_card(config, run_tags, scores), indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -94,7 +100,9 @@ def register_checkpoint(checkpoint_dir: Path, run_id: str, tracking_uri: str, na
         if key in run_tags:
             client.set_model_version_tag(name, version, key, run_tags[key])
     client.set_model_version_tag(name, version, "run_id", run_id)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    if scores:
+        tag_scores(tracking_uri, name, version, scores)
+    move_alias(tracking_uri, name, CHALLENGER, version, reason="registered after training")
     return version
 
 
@@ -109,16 +117,40 @@ def resolve_version(tracking_uri: str, name: str, alias_or_version: str) -> str:
         raise RegistryError(f"model {name!r} has no version or alias {alias_or_version!r}") from error
 
 
-def promote(tracking_uri: str, name: str, version: str | None = None, alias: str = CHAMPION) -> str:
-    """Point `alias` at `version` (default: the challenger) and record the move; return the version."""
+def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None if the alias (or the model) does not exist."""
+    try:
+        return resolve_version(tracking_uri, name, alias)
+    except RegistryError:
+        return None
+
+
+def move_alias(
+    tracking_uri: str, name: str, alias: str, version: str, *, reason: str, scores: dict[str, float] | None = None
+) -> dict:
+    """Point `alias` at `version` and record the move (who, when, from, to, why, scores); returns the record."""
     client = MlflowClient(tracking_uri)
-    target = resolve_version(tracking_uri, name, version or CHALLENGER)
-    model = client.get_registered_model(name)
-    history = json.loads(model.tags.get(f"{alias}_history", "[]"))
-    history.append(target)
+    target = resolve_version(tracking_uri, name, version)
+    record = {
+        "alias": alias,
+        "from_version": alias_version(tracking_uri, name, alias),
+        "to_version": target,
+        "reason": reason,
+        "scores": scores or {},
+        "user": getpass.getuser(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     client.set_registered_model_alias(name, alias, target)
-    client.set_registered_model_tag(name, f"{alias}_history", json.dumps(history))
-    return target
+    moves = len(alias_history(tracking_uri, name, alias))
+    client.set_registered_model_tag(name, f"{alias}_move_{moves + 1:05d}", json.dumps(record))
+    return record
+
+
+def alias_history(tracking_uri: str, name: str, alias: str = CHAMPION) -> list[dict]:
+    """Every recorded move of `alias`, oldest first."""
+    tags = MlflowClient(tracking_uri).get_registered_model(name).tags
+    prefix = f"{alias}_move_"
+    return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith(prefix))]
 
 
 def load_version(tracking_uri: str, name: str, alias_or_version: str) -> LoadedModel:

@@ -5,6 +5,7 @@ it loaded. Bad input raises `InvalidInput`, turned into a typed 4xx JSON error n
 """
 
 import base64
+import contextlib
 import time
 import uuid
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from promptseg.api_models import ErrorDetail, ErrorResponse, Health, MaskResult, ModelInfo, SegmentResponse
 from promptseg.image_io import InvalidInput, binary_mask, decode_image, encode_png
@@ -112,4 +114,6 @@ def deploy(tracking_uri: str, model_name: str, alias: str, host: str, port: int)
 
 
 def undeploy() -> None:
-    serve.delete(APP_NAME)
+    """Delete the application if Serve runs on this Ray instance (nothing to do otherwise)."""
+    with contextlib.suppress(RayServeException):
+        serve.delete(APP_NAME)

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
 
     workspace: Path = Path(".promptseg")
     store_url: str | None = None
+    ray_storage_url: str | None = None
     resolution: int = 256
     model_name: str = "promptseg"
     experiment: str = "promptseg"
@@ -61,8 +62,9 @@ class Settings(BaseSettings):
         return self.root / "secret.key"
 
     @property
-    def ray_storage(self) -> Path:
-        return self.root / "ray_results"
+    def ray_storage(self) -> str:
+        """Ray Train's run storage (checkpoints): a local folder or s3://bucket/prefix."""
+        return self.ray_storage_url or str(self.root / "ray_results")
 
     @property
     def prefect_home(self) -> Path:

@@ -1,15 +1,23 @@
 """Training PromptSeg with Ray Train: a TorchTrainer whose workers (DDP; gloo on CPU, NCCL on GPU) each draw
 their own episodes from the task store, report metrics and checkpoints through `ray.train.report`, and log to
 MLflow from rank 0 only. The driver opens the MLflow run, records lineage (store snapshot, fingerprints, git
-commit, held-out spec) and keeps the final checkpoint.
+commit, held-out spec, system) and keeps the final checkpoint.
+
+A checkpoint every `checkpoint_every` steps holds everything needed to continue exactly: weights, optimizer,
+scheduler, step and every rank's random states (torch, numpy, Python, the sampler's, the augmentation's). After a
+worker dies, Ray Train restarts the workers from the last checkpoint (`max_failures`); a later run with the same
+name and `resume=True` continues it. `fail_after_checkpoint` injects a worker crash for tests.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import platform
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +25,7 @@ import mlflow
 import numpy as np
 import ray.train
 import torch
+from mlflow.entities import Metric
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
@@ -29,6 +38,8 @@ from promptseg.tracking import git_commit, use_experiment
 from storage.fingerprint import fingerprint_hash
 from storage.sampler import EpisodeSampler, split_tasks
 from storage.task_store import TaskStore
+
+CONFIG_ARTIFACT = "train_config.json"
 
 
 @dataclass
@@ -53,12 +64,23 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     held_out: list[str] = field(default_factory=lambda: ["kidney*"])
-    report_every: int = 25
+    checkpoint_every: int = 25
     num_workers: int = 2
     use_gpu: bool = False
     threads_per_worker: int = 1
+    max_failures: int = 2
+    fail_after_checkpoint: int = 0
     tracking_uri: str = ""
     run_id: str = ""
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_workers
+
+    @property
+    def scaled_lr(self) -> float:
+        """Linear scaling: the learning rate grows with the number of workers, as the global batch does."""
+        return self.lr * self.num_workers
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,49 @@ def _training_batch(
     return augment_batch(batch, TaskAugmentConfig(**config.augment), generator)
 
 
+class TrainingFailedError(RuntimeError):
+    """A training run failed more often than `max_failures` allows (resume it by name)."""
+
+
+class RunNameError(ValueError):
+    """A run name that is taken (without `resume`) or unknown (with `resume`)."""
+
+
+def _random_states(sampler: EpisodeSampler, generator: torch.Generator) -> dict:
+    """This rank's every random state: what drawing the next batch and the next step depend on."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+        "sampler": sampler.state(),
+        "augment": generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _numpy_state() -> tuple:
+    """numpy's global state as plain Python values (checkpoints load with torch's weights_only)."""
+    name, key, *rest = np.random.get_state()
+    return (name, key.tolist(), *rest)
+
+
+def _restore_random_states(state: dict, sampler: EpisodeSampler, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
+    random.setstate(state["python"])
+    sampler.set_state(state["sampler"])
+    generator.set_state(state["augment"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def train_loop_per_worker(raw_config: dict) -> None:
     """The loop every Ray Train worker runs."""
     config = TrainConfig(**raw_config)
@@ -101,15 +166,17 @@ def train_loop_per_worker(raw_config: dict) -> None:
     store = TaskStore.open(config.store_url, config.resolution)
     training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
     sampler = EpisodeSampler(store, training_tasks, seed=config.seed * 1000 + rank)
-    torch.manual_seed(config.seed)
+    _seed_everything(config.seed)
     network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck))
     if config.pretrained_encoder:
         load_pretrained_encoder(network, Path(config.pretrained_encoder))
+    _seed_everything(config.seed * 1000 + rank)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank + 1)
     model = prepare_model(network)
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr * world, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.scaled_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config))
+    tracker = mlflow.MlflowClient(config.tracking_uri) if rank == 0 and config.run_id else None
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -119,14 +186,15 @@ def train_loop_per_worker(raw_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
-        sampler.set_state(state["samplers"][rank])
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["augment_rngs"][rank])
-        random.setstate(state["python_rng"])
-    tracker = mlflow.MlflowClient(config.tracking_uri) if rank == 0 and config.run_id else None
-    losses: list[float] = []
+        _restore_random_states(state["random_states"][rank], sampler, generator)
+        if tracker is not None:
+            tracker.log_metric(config.run_id, "resumed_from_step", start, step=start)
+    crash_at = config.fail_after_checkpoint * config.checkpoint_every + config.checkpoint_every // 2
+    losses: list[tuple[float, int]] = []  # (loss averaged over workers, time in ms) per step
     model.train()
     for step in range(start, config.steps):
+        if config.fail_after_checkpoint and checkpoint is None and rank == world - 1 and step == crash_at:
+            _die_after_committed_checkpoint()
         batch = _training_batch(sampler, generator, config, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits, kl = model(batch["prompt_images"], batch["prompt_masks"], batch["queries"], return_kl=True)
@@ -136,39 +204,55 @@ def train_loop_per_worker(raw_config: dict) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
-        if (step + 1) % config.report_every == 0 or step + 1 == config.steps:
-            randomness = (sampler.state(), generator.get_state())
-            _report(step + 1, losses, network, optimizer, scheduler, randomness, config, rank, world, tracker)
+        losses.append((_mean_over_workers(loss.detach(), world), int(time.time() * 1000)))
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            states = _gather(_random_states(sampler, generator), world)
+            _report(step + 1, losses, network, optimizer, scheduler, states, config, rank, tracker)
             losses = []
+
+
+def _die_after_committed_checkpoint() -> None:
+    """The injected fault: once Ray Train has committed every checkpoint reported so far, this worker process dies
+    (no clean-up, like a crash or a lost node)."""
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+    os._exit(1)
+
+
+def _mean_over_workers(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _gather(state: dict, world: int) -> list[dict]:
+    states = [state] * world
+    if world > 1:
+        torch.distributed.all_gather_object(states, state)
+    return states
 
 
 def _report(
     step: int,
-    losses: list[float],
+    losses: list[tuple[float, int]],
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    randomness: tuple[dict, torch.Tensor],
+    random_states: list[dict],
     config: TrainConfig,
     rank: int,
-    world: int,
     tracker: mlflow.MlflowClient | None,
 ) -> None:
-    mean_loss = torch.tensor(float(np.mean(losses)))
-    if world > 1:
-        torch.distributed.all_reduce(mean_loss)
-        mean_loss /= world
-    worker_states = [randomness] * world  # (sampler state, augmentation generator state) per rank
-    if world > 1:
-        torch.distributed.all_gather_object(worker_states, randomness)
-    metrics = {"step": step, "loss": float(mean_loss), "lr": scheduler.get_last_lr()[0]}
+    """Report metrics from every rank (Ray requires it) and a checkpoint from rank 0; rank 0 logs each step's loss."""
+    metrics = {"step": step, "loss": losses[-1][0], "lr": scheduler.get_last_lr()[0]}
     if rank != 0:
         ray.train.report(metrics)
         return
     if tracker is not None:
-        for key in ("loss", "lr"):
-            tracker.log_metric(config.run_id, key, metrics[key], step=step)
+        first = step - len(losses) + 1
+        logged = [Metric("loss", value, stamp, first + i) for i, (value, stamp) in enumerate(losses)]
+        tracker.log_batch(config.run_id, metrics=[*logged, Metric("lr", metrics["lr"], losses[-1][1], step)])
     with tempfile.TemporaryDirectory() as folder:
         save_model(network, Path(folder))
         save_trainer_state(
@@ -176,46 +260,81 @@ def _report(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "step": step,
-                "samplers": [sampler_state for sampler_state, _ in worker_states],
-                "augment_rngs": [generator_state for _, generator_state in worker_states],
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
+                "episodes_seen": step * config.global_batch_size,
+                "random_states": random_states,
             },
             Path(folder),
         )
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
+def system_info() -> dict[str, str]:
+    """Where a run ran (logged as tags): software versions and the accelerator, nothing about patients."""
+    return {
+        "system.python": platform.python_version(),
+        "system.platform": platform.platform(),
+        "system.torch": torch.__version__,
+        "system.ray": ray.__version__,
+        "system.mlflow": mlflow.__version__,
+        "system.cpu_count": str(os.cpu_count()),
+        "system.cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def _previous_run(experiment_id: str, run_name: str) -> mlflow.entities.Run | None:
+    runs = mlflow.search_runs(
+        [experiment_id], filter_string=f"attributes.run_name = '{run_name}'", output_format="list", max_results=1
+    )
+    return runs[0] if runs else None
+
+
 def run_training(
     config: TrainConfig,
     *,
     run_name: str,
-    ray_storage: Path,
+    ray_storage: str,
     checkpoints_dir: Path,
     experiment: str,
     artifact_root: Path,
+    resume: bool = False,
 ) -> TrainingResult:
-    """Launch the TorchTrainer, track it in MLflow and keep the final checkpoint under `checkpoints_dir`."""
+    """Launch the TorchTrainer, track it in MLflow and keep the final checkpoint under `checkpoints_dir`.
+
+    With `resume`, the run named `run_name` continues from its last checkpoint with its recorded configuration
+    (Ray Train restores from the same name and storage path); without it, a taken name is refused."""
+    experiment_id = use_experiment(config.tracking_uri, experiment, artifact_root)
+    previous = _previous_run(experiment_id, run_name)
+    if resume and previous is None:
+        raise RunNameError(f"no training run named {run_name!r} in experiment {experiment!r} to resume")
+    if not resume and previous is not None:
+        raise RunNameError(f"a training run named {run_name!r} exists: resume it or choose another name")
+    if previous is not None:
+        recorded = mlflow.artifacts.load_dict(f"{previous.info.artifact_uri}/{CONFIG_ARTIFACT}")
+        config = TrainConfig(**{**recorded, "tracking_uri": config.tracking_uri, "run_id": previous.info.run_id})
     store = TaskStore.open(config.store_url, config.resolution)
     training_tasks, held_out_tasks = split_tasks(store.tasks(), config.held_out, store.resolution)
     if not training_tasks:
         raise ValueError(f"no training tasks in {config.store_url} outside the held-out spec {config.held_out}")
-    experiment_id = use_experiment(config.tracking_uri, experiment, artifact_root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    run_id = previous.info.run_id if previous else None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name) as run:
         config.run_id = run.info.run_id
-        mlflow.log_params({k: v for k, v in asdict(config).items() if k not in {"run_id", "tracking_uri"}})
-        mlflow.set_tags(
-            {
-                "git_commit": git_commit(),
-                "store_snapshot_id": store.snapshot_id(),
-                "fingerprint_hash": fingerprint_hash(
-                    {name: store.version_info(name)["fingerprint"] for name in store.datasets()}
-                ),
-                "held_out": ",".join(config.held_out),
-                "training_tasks": len(training_tasks),
-                "held_out_tasks": len(held_out_tasks),
-            }
-        )
+        if previous is None:
+            mlflow.log_params({k: v for k, v in asdict(config).items() if k not in {"run_id", "tracking_uri"}})
+            mlflow.log_params({"global_batch_size": config.global_batch_size, "scaled_lr": config.scaled_lr})
+            mlflow.log_dict({k: v for k, v in asdict(config).items() if k != "run_id"}, CONFIG_ARTIFACT)
+            mlflow.set_tags(
+                {
+                    "git_commit": git_commit(),
+                    "store_snapshot_id": store.snapshot_id(),
+                    "fingerprint_hash": fingerprint_hash(
+                        {name: store.version_info(name)["fingerprint"] for name in store.datasets()}
+                    ),
+                    "held_out": ",".join(config.held_out),
+                    "training_tasks": len(training_tasks),
+                    "held_out_tasks": len(held_out_tasks),
+                    **system_info(),
+                }
+            )
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(config),
@@ -224,12 +343,18 @@ def run_training(
             ),
             run_config=RunConfig(
                 name=run_name,
-                storage_path=str(ray_storage),
+                storage_path=ray_storage,
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                failure_config=FailureConfig(max_failures=2),
+                failure_config=FailureConfig(max_failures=config.max_failures),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            raise TrainingFailedError(
+                f"training run {run_name!r} failed after {config.max_failures} restarts; "
+                f"continue it with resume (its last checkpoint is kept): {error}"
+            ) from error
         final = checkpoints_dir / run_name
         if final.exists():
             shutil.rmtree(final)

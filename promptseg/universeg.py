@@ -69,21 +69,26 @@ class UniverSegEncoding(NamedTuple):
 
 
 class CrossBlock(nn.Module):
-    """CrossConv of the query with each support, then separate convs for the query (on the mean) and supports."""
+    """CrossConv of the query with each support, then separate convs for the query (on the mean) and supports.
 
-    def __init__(self, query_channels: int, support_channels: int, width: int) -> None:
+    The network's last block has no support conv (`update_support=False`): nothing reads its supports, and a
+    parameter without gradient would stop DDP."""
+
+    def __init__(self, query_channels: int, support_channels: int, width: int, update_support: bool = True) -> None:
         super().__init__()
         self.cross_query = nn.Conv2d(query_channels, width, 3, padding=1)
         self.cross_support = nn.Conv2d(support_channels, width, 3, padding=1, bias=False)
         self.query = nn.Conv2d(width, width, 3, padding=1)
-        self.support = nn.Conv2d(width, width, 3, padding=1)
+        self.support = nn.Conv2d(width, width, 3, padding=1) if update_support else None
 
-    def forward(self, query: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
-        """query (M, Cq, H, W), support (M, N, Cs, H, W) → (M, width, H, W), (M, N, width, H, W)."""
+    def forward(self, query: Tensor, support: Tensor) -> tuple[Tensor, Tensor | None]:
+        """query (M, Cq, H, W), support (M, N, Cs, H, W) → (M, width, H, W), (M, N, width, H, W) or None."""
         m, n = support.shape[:2]
         pairs = self.cross_query(query)[:, None] + self.cross_support(support.flatten(0, 1)).unflatten(0, (m, n))
         pairs = F.leaky_relu(pairs)
         new_query = F.leaky_relu(self.query(pairs.mean(dim=1)))
+        if self.support is None:
+            return new_query, None
         new_support = F.leaky_relu(self.support(pairs.flatten(0, 1))).unflatten(0, (m, n))
         return new_query, new_support
 
@@ -108,10 +113,12 @@ class UniverSeg(nn.Module):
             raise ValueError(f"resolution must be divisible by {2 ** (config.levels - 1)}, got {config.resolution}")
         self.config = config
         w = config.width
+        last = config.levels - 1
         self.encoder = nn.ModuleList(
-            CrossBlock(1 if level == 0 else w, 2 if level == 0 else w, w) for level in range(config.levels)
+            CrossBlock(1 if level == 0 else w, 2 if level == 0 else w, w, update_support=last > 0)
+            for level in range(config.levels)
         )
-        self.decoder = nn.ModuleList(CrossBlock(2 * w, 2 * w, w) for _ in range(config.levels - 1))
+        self.decoder = nn.ModuleList(CrossBlock(2 * w, 2 * w, w, update_support=i < last - 1) for i in range(last))
         self.head = nn.Conv2d(w, 1, 1)
 
     def encode_prompts(self, prompt_images: Tensor, prompt_masks: Tensor) -> UniverSegEncoding:

@@ -76,12 +76,13 @@ def ray_head(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def trained(settings: Settings, preprocessed: dict, ray_head: str) -> dict:
-    """The one model trained per session (2 Ray workers), registered as the challenger."""
+    """The one model trained per session (2 Ray workers), evaluated (quick profile) and registered as the
+    challenger."""
     return stages.train(settings, steps=TRAIN_STEPS, run_name="session-model")
 
 
 @pytest.fixture(scope="session")
 def served(settings: Settings, trained: dict) -> str:
     """The trained version promoted to champion and served over HTTP; returns the base URL."""
-    stages.promote(settings, trained["version"])
+    stages.promote(settings, version=trained["version"])
     return stages.serve(settings)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from promptseg.factory import build_model, model_config
 from promptseg.losses import segmentation_loss
 from promptseg.metrics import dice_score
 from promptseg.supervised import fit_supervised_unet, predict_supervised
@@ -139,3 +140,15 @@ def test_supervised_unet_is_deterministic_and_validates_input() -> None:
         fit_supervised_unet(images[:0], masks[:0])
     with pytest.raises(ValueError, match="must equal images shape"):
         fit_supervised_unet(images, masks[:3])
+
+
+@pytest.mark.parametrize(("size", "bottleneck"), [("universeg", False), ("tiny", False), ("tiny", True)])
+def test_every_parameter_gets_a_gradient_as_ddp_requires(size: str, bottleneck: bool) -> None:
+    """DDP stops on parameters that take no part in the loss (the trainer's networks all run under DDP)."""
+    network = build_model(model_config(size, 64, bottleneck=bottleneck)).train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 1, 64, 64, generator=generator)
+    masks = (torch.rand(2, 3, 1, 64, 64, generator=generator) > 0.5).float()
+    logits, kl = network(images, masks, torch.rand(2, 1, 1, 64, 64, generator=generator), return_kl=True)
+    (logits.mean() + kl.mean()).backward()
+    assert [name for name, p in network.named_parameters() if p.grad is None] == []

@@ -53,14 +53,17 @@ def test_registered_version_loads_back_with_identical_outputs(settings: Settings
 
 
 def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(settings: Settings, trained: dict) -> None:
-    """The learning test: kidneys were never trained on; prompts and queries come from different cases. The model
-    must beat the better trivial baseline, and itself given the prompts of a different task (so a model that
-    ignores its prompts cannot pass)."""
-    result = stages.evaluate(settings, trained["version"], supervised_steps=60)
-    report = Path(result["report_dir"])
+    """The learning test, on the quick evaluation that follows every training: kidneys were never trained on;
+    prompts and queries come from different cases. The model must beat the better trivial baseline, and itself given
+    the prompts of a different task (so a model that ignores its prompts cannot pass)."""
+    evaluation = trained["evaluation"]
+    report = Path(evaluation["report_dir"])
     assert (report / "results.md").exists() and (report / "dice_vs_n.png").exists()
-    assert any((report / "overlays").glob("*.png"))
-    rows = json.loads((report / "results.json").read_text())["rows"]
+    assert {p.name for p in (report / "overlays").glob("*.png")} == {"best.png", "median.png", "worst.png"}
+    results = json.loads((report / "results.json").read_text())
+    assert results["spec"]["profile"] == "quick" and results["spec"]["n_prompts"] == [1, 4, 8]
+    assert results["spec"]["resamples"] == 3
+    rows = results["rows"]
 
     def dice(method: str) -> float:
         values = [
@@ -75,28 +78,61 @@ def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(set
     trivial = max(dice("mean_prompt_mask"), dice("most_similar_prompt"))
     assert model > trivial + 0.10, f"held-out Dice {model:.3f} vs better trivial baseline {trivial:.3f}"
     assert model > other_task + 0.10, f"held-out Dice {model:.3f} vs with another task's prompts {other_task:.3f}"
-    assert 0 <= dice("supervised_unet") <= 1  # in the report (its learning is tested in test_baseline_networks)
-    summary = result["summary"]["promptseg"]["8"]
+    assert "supervised_unet" not in evaluation["summary"]  # quick profile
+    summary = evaluation["summary"]["promptseg"]["8"]
     assert set(summary) == {"dice", "iou", "hd95"} and summary["dice"]["count"] > 1
-    tags = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, trained["version"]).tags
-    assert float(tags["heldout_dice_promptseg_n8"]) == round(result["scores"]["dice_promptseg_n8"], 4)
+    assert {"synth-center-a", "synth-center-b", "synth-center-c"} <= set(results["dice_at_largest_n"]["dataset"])
+    assert {"center-a", "center-b", "center-c"} <= set(results["dice_at_largest_n"]["center"])
+    client = MlflowClient(settings.tracking_uri)
+    tags = client.get_model_version(settings.model_name, trained["version"]).tags
+    assert float(tags["heldout_dice_promptseg_n8"]) == round(evaluation["scores"]["dice_promptseg_n8"], 4)
+    card = load_version(settings.tracking_uri, settings.model_name, trained["version"]).model_card
+    assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation["scores"]["dice_promptseg_n8"]
+    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained["run_id"], "evaluation-quick")}
+    assert {"results.json", "results.md", "dice_vs_n.png", "overlays"} <= logged
+
+
+def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(settings: Settings, trained: dict) -> None:
+    """The full profile (here with fewer N and resamples so it runs in seconds) evaluates the network with and without
+    ensembling beside the UniverSeg-style baseline and the supervised UNet, per dataset and center; both baselines
+    are trained on first use for this store snapshot and reused by the next full evaluation."""
+    options = {"n_prompts": [1, 4], "resamples": 1, "queries": 2, "supervised_steps": 20, "universeg_steps": 4}
+    first = stages.evaluate(settings, trained["version"], profile="full", **options)
+    methods = set(first["summary"])
+    assert {"promptseg", "promptseg_ensemble5", "universeg", "supervised_unet", "mean_prompt_mask"} <= methods
+    assert {"promptseg_other_task_prompts", "most_similar_prompt"} <= methods
+    assert first["spec"]["profile"] == "full" and first["supervised_trained"] > 0
+    baselines = sorted((settings.root / "baselines").glob("universeg-*"))
+    assert len(baselines) == 1 and baselines[0].name.startswith(f"universeg-{first['store_snapshot_id']}")
+    modified = baselines[0].joinpath("model.safetensors").stat().st_mtime_ns
+    second = stages.evaluate(settings, trained["version"], profile="full", **options)
+    assert second["supervised_trained"] == 0  # every supervised UNet came from the snapshot's cache
+    assert baselines[0].joinpath("model.safetensors").stat().st_mtime_ns == modified
+    for method in ("supervised_unet", "universeg"):  # the same networks give the same scores
+        assert _dice_per_n(second, method) == _dice_per_n(first, method)
+
+
+def _dice_per_n(result: dict, method: str) -> dict[str, float]:
+    return {n: cell["dice"]["mean"] for n, cell in result["summary"][method].items()}
 
 
 def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(settings: Settings, trained: dict) -> None:
     """The UniverSeg-style baseline goes through the same trainer and lands in the same report (a short run: its
     learning is tested in test_baseline_networks)."""
     baseline = stages.train(
-        settings, steps=4, size="universeg", workers=1, batch_size=2, run_name="universeg-smoke", register=False
+        settings,
+        steps=4,
+        size="universeg",
+        num_workers=1,
+        batch_size=2,
+        run_name="universeg-smoke",
+        register=False,
+        evaluate=False,
     )
     config = json.loads((Path(baseline["checkpoint"]) / "model_config.json").read_text())
     assert config["architecture"] == "universeg" and config["width"] == 64 and config["levels"] == 4
     result = stages.evaluate(
-        settings,
-        trained["version"],
-        resamples=1,
-        queries=2,
-        baselines=[Path(baseline["checkpoint"])],
-        supervised_steps=0,
+        settings, trained["version"], resamples=1, queries=2, baselines=[Path(baseline["checkpoint"])]
     )
     methods = set(result["summary"])
     assert {"promptseg", "universeg", "promptseg_other_task_prompts", "mean_prompt_mask"} <= methods

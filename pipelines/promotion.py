@@ -1,0 +1,97 @@
+"""The promotion gate and hand moves of the `champion` alias.
+
+`gate` re-evaluates the challenger and the champion (`quick` profile) on the same store snapshot and the held-out
+spec recorded on the challenger, and moves `champion` only when the challenger's Dice (the network's mean at the
+largest N) is at least the champion's plus `margin`; with no champion it promotes. Versions trained with another
+held-out spec are not comparable and are refused. `pin` moves the alias by hand; `rollback` returns it to the
+version it pointed at before the last move. Every move is recorded by the registry (who, when, why, both scores).
+"""
+
+from __future__ import annotations
+
+import json
+
+from mlflow import MlflowClient
+
+from pipelines import stages
+from promptseg.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    alias_history,
+    alias_version,
+    move_alias,
+)
+from promptseg.settings import Settings
+
+
+class PromotionError(Exception):
+    """The challenger and the champion cannot be compared (e.g. different held-out specs)."""
+
+
+def _held_out(settings: Settings, version: str) -> str:
+    tags = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, version).tags
+    return tags.get("held_out", ",".join(settings.held_out))
+
+
+def _score(evaluation: dict) -> float:
+    per_n = evaluation["summary"][evaluation["primary"]]
+    return per_n[max(per_n, key=int)]["dice"]["mean"]
+
+
+def gate(settings: Settings, margin: float = 0.0) -> dict:
+    """Promote the challenger if it beats the champion by `margin`; returns the decision."""
+    tracking, name = settings.tracking_uri, settings.model_name
+    challenger = alias_version(tracking, name, CHALLENGER)
+    if challenger is None:
+        raise RegistryError(f"model {name!r} has no {CHALLENGER} to promote")
+    champion = alias_version(tracking, name, CHAMPION)
+    decision = {"challenger": challenger, "champion_before": champion, "margin": margin}
+    if champion == challenger:
+        return {**decision, "promoted": False, "champion": champion, "reason": "the challenger is the champion"}
+    if champion is None:
+        move_alias(tracking, name, CHAMPION, challenger, reason="no champion yet: the challenger is promoted")
+        return {**decision, "promoted": True, "champion": challenger, "reason": "no champion yet"}
+    if _held_out(settings, challenger) != _held_out(settings, champion):
+        raise PromotionError(
+            f"version {challenger} was held out on {_held_out(settings, challenger)!r} and version {champion} on "
+            f"{_held_out(settings, champion)!r}: their held-out scores are not comparable; pin by hand instead"
+        )
+    challenger_eval = stages.evaluate(settings, challenger, profile="quick")
+    champion_eval = stages.evaluate(settings, champion, profile="quick")
+    if challenger_eval["store_snapshot_id"] != champion_eval["store_snapshot_id"]:
+        raise PromotionError("the task store changed between the two evaluations; run the gate again")
+    scores = {"challenger_dice": _score(challenger_eval), "champion_dice": _score(champion_eval)}
+    promoted = scores["challenger_dice"] >= scores["champion_dice"] + margin
+    relation = "≥" if promoted else "<"
+    reason = (
+        f"challenger v{challenger} Dice {scores['challenger_dice']:.4f} {relation} champion v{champion} "
+        f"{scores['champion_dice']:.4f} + margin {margin} (store snapshot {challenger_eval['store_snapshot_id']})"
+    )
+    if promoted:
+        move_alias(tracking, name, CHAMPION, challenger, reason=reason, scores=scores)
+    MlflowClient(tracking).set_model_version_tag(
+        name, challenger, "promotion_decision", json.dumps({"promoted": promoted, "reason": reason, **scores})
+    )
+    return {
+        **decision,
+        **scores,
+        "promoted": promoted,
+        "champion": challenger if promoted else champion,
+        "reason": reason,
+        "store_snapshot_id": challenger_eval["store_snapshot_id"],
+    }
+
+
+def pin(settings: Settings, version: str, reason: str = "pinned by hand") -> dict:
+    """Point `champion` at `version` without evaluation (e.g. a rollback)."""
+    record = move_alias(settings.tracking_uri, settings.model_name, CHAMPION, version, reason=reason)
+    return {"promoted": True, "champion": record["to_version"], "champion_before": record["from_version"], **record}
+
+
+def rollback(settings: Settings) -> dict:
+    """Return `champion` to the version it pointed at before its last move."""
+    history = alias_history(settings.tracking_uri, settings.model_name, CHAMPION)
+    if not history or history[-1]["from_version"] is None:
+        raise RegistryError(f"model {settings.model_name!r} has no earlier champion to roll back to")
+    return pin(settings, history[-1]["from_version"], reason=f"rollback from v{history[-1]['to_version']}")
