@@ -92,16 +92,14 @@ def train(
         "checkpoint": str(result.checkpoint_dir),
         "final_loss": result.metrics["loss"],
     }
-    scores = None
     if evaluate:
         spec = eval_spec("quick", config.held_out)
         out_dir = settings.reports_dir / result.run_name
-        evaluation = evaluate_network(settings, load_model(result.checkpoint_dir), spec, out_dir, result.run_id)
-        outcome["evaluation"] = evaluation
-        scores = evaluation["scores"]
+        network = load_model(result.checkpoint_dir)
+        outcome["evaluation"] = evaluate_network(settings, network, spec, out_dir, result.run_id)
     if register:
         outcome["version"] = register_checkpoint(
-            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name, scores
+            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name, outcome.get("evaluation")
         )
     return outcome
 
@@ -189,7 +187,7 @@ def evaluate(
 
     from promptseg.checkpoint import load_model
     from promptseg.evaluate import eval_spec
-    from promptseg.registry import load_version, tag_scores
+    from promptseg.registry import load_version, tag_evaluation
 
     loaded = load_version(settings.tracking_uri, settings.model_name, model)
     version = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version)
@@ -206,7 +204,7 @@ def evaluate(
         others[Path(folder).name if taken else name] = network
     out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}-{profile}"
     result = evaluate_network(settings, loaded.network, spec, out_dir, version.run_id, others)
-    tag_scores(settings.tracking_uri, settings.model_name, loaded.version, result["scores"])
+    tag_evaluation(settings.tracking_uri, settings.model_name, loaded.version, result)
     return {"version": loaded.version, **result}
 
 

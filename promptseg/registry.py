@@ -72,10 +72,10 @@ def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict
 
 
 def register_checkpoint(
-    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, scores: dict[str, float] | None = None
+    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, evaluation: dict | None = None
 ) -> str:
-    """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger; `scores`
-    (held-out, from the training's evaluation) go into the model card and the version's tags."""
+    """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger; the
+    training's held-out `evaluation` (scores, spec, store snapshot) goes into the model card and the version's tags."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -83,6 +83,7 @@ def register_checkpoint(
     config = json.loads((checkpoint_dir / CONFIG).read_text())
     with tempfile.TemporaryDirectory() as folder:
         card_path = Path(folder) / "model_card.json"
+        scores = evaluation["scores"] if evaluation else None
         card_path.write_text(json.dumps(model_card(config, run_tags, scores), indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
@@ -100,8 +101,8 @@ def register_checkpoint(
         if key in run_tags:
             client.set_model_version_tag(name, version, key, run_tags[key])
     client.set_model_version_tag(name, version, "run_id", run_id)
-    if scores:
-        tag_scores(tracking_uri, name, version, scores)
+    if evaluation:
+        tag_evaluation(tracking_uri, name, version, evaluation)
     move_alias(tracking_uri, name, CHALLENGER, version, reason="registered after training")
     return version
 
@@ -163,7 +164,11 @@ def load_version(tracking_uri: str, name: str, alias_or_version: str) -> LoadedM
     return LoadedModel(python_model.network, name, version, python_model.model_card)
 
 
-def tag_scores(tracking_uri: str, name: str, version: str, scores: dict[str, float]) -> None:
+def tag_evaluation(tracking_uri: str, name: str, version: str, evaluation: dict) -> None:
+    """Tag a version with held-out scores (`heldout_<score>`) and what they were measured on (`heldout_eval_spec`:
+    the evaluation spec and the store snapshot)."""
     client = MlflowClient(tracking_uri)
-    for key, value in scores.items():
+    for key, value in evaluation["scores"].items():
         client.set_model_version_tag(name, version, f"heldout_{key}", f"{value:.4f}")
+    measured_on = {"spec": evaluation["spec"], "store_snapshot_id": evaluation["store_snapshot_id"]}
+    client.set_model_version_tag(name, version, "heldout_eval_spec", json.dumps(measured_on))

@@ -86,6 +86,9 @@ def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(set
     client = MlflowClient(settings.tracking_uri)
     tags = client.get_model_version(settings.model_name, trained["version"]).tags
     assert float(tags["heldout_dice_promptseg_n8"]) == round(evaluation["scores"]["dice_promptseg_n8"], 4)
+    measured_on = json.loads(tags["heldout_eval_spec"])
+    assert measured_on["spec"]["profile"] == "quick" and measured_on["spec"]["held_out"] == ["kidney*"]
+    assert measured_on["store_snapshot_id"] == tags["store_snapshot_id"]
     card = load_version(settings.tracking_uri, settings.model_name, trained["version"]).model_card
     assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation["scores"]["dice_promptseg_n8"]
     logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained["run_id"], "evaluation-quick")}
