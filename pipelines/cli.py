@@ -196,8 +196,14 @@ def query(
 ) -> None:
     """Segment query images against prompt pairs through the HTTP endpoint; write masks and overlays."""
     from pipelines.querying import query_files
+    from promptseg.client import APIError
 
-    _show(query_files(url or stages.serve_url(_settings(ctx)), prompt_image, prompt_mask, query_image, out, modality))
+    endpoint = url or stages.serve_url(_settings(ctx))
+    try:
+        _show(query_files(endpoint, prompt_image, prompt_mask, query_image, out, modality))
+    except APIError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from error
 
 
 @app.command()

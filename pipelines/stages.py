@@ -220,7 +220,14 @@ def serve(settings: Settings, alias: str = "champion") -> str:
     from promptseg.serve_app import deploy
 
     cluster.connect(settings.services_dir, settings.ray_address)
-    url = deploy(settings.tracking_uri, settings.model_name, alias, settings.serve_host, settings.serve_port)
+    url = deploy(
+        settings.tracking_uri,
+        settings.model_name,
+        alias,
+        settings.serve_host,
+        settings.serve_port,
+        settings.root / "serve_tasks",
+    )
     (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
     return url
 

@@ -1,8 +1,11 @@
 """Contract 4, the HTTP API's request and response bodies (pydantic), shared by the Serve app and the client.
 
 Routes (versioned under /v1, OpenAPI at /docs):
-- POST /v1/segment (multipart): `prompt_images`, `prompt_masks`, `queries` (PNG or NPY files), form fields
-  `modality` (CT, MR, ...; 8-bit images are scaled whatever the modality) and `threshold` → `SegmentResponse`.
+- POST /v1/tasks (multipart): `prompt_images`, `prompt_masks`, form field `modality` → 201 `TaskInfo` (the task
+  id is a content hash: the same prompts give the same id). GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
+- POST /v1/segment (multipart): `queries` (PNG or NPY files) against a registered `task_id` (form field) or inline
+  `prompt_images` and `prompt_masks`, form fields `modality` (CT, MR, ...; 8-bit images are scaled whatever the
+  modality; default the task's) and `threshold` → `SegmentResponse`.
   Prompt masks are {0, 1} or {0, 255}; output masks are PNGs with values {0, 255}, base64-encoded, one per query.
 - GET /v1/model → `ModelInfo`; GET /healthz → `Health`.
 - Errors: a 4xx status with an `ErrorResponse` body naming the problem and the file; never a 500 for bad input.
@@ -35,6 +38,12 @@ class ModelInfo(BaseModel):
     model_card: dict
 
 
+class TaskInfo(BaseModel):
+    task_id: str
+    n_prompts: int
+    modality: str
+
+
 class MaskResult(BaseModel):
     query: str
     height: int
@@ -47,6 +56,7 @@ class SegmentResponse(BaseModel):
     request_id: str
     model_name: str
     model_version: str
+    task_id: str | None = None
     n_prompts: int
     masks: list[MaskResult]
     timings_ms: dict[str, float]

@@ -12,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from promptseg.client import PromptSegClient, decode_mask
+from promptseg.client import APIError, PromptSegClient, decode_mask
+from promptseg.served_tasks import ServedTasks
 from promptseg.settings import Settings
 
 
@@ -55,6 +56,34 @@ def test_segment_returns_masks_on_each_query_grid(served: str, trained: dict, fi
     assert set(response.timings_ms) == {"decode", "encode_prompts", "segment"}
 
 
+def test_a_registered_task_segments_like_inline_prompts_until_deleted(
+    settings: Settings, served: str, files: dict[str, list[Path]]
+) -> None:
+    with PromptSegClient(served) as client:
+        task = client.create_task(files["images"], files["masks"], modality="MR")
+        assert client.create_task(files["images"], files["masks"], modality="MR") == task  # content-addressed
+        assert client.get_task(task.task_id) == task and task.n_prompts == 2
+        cached = client.segment_task(task.task_id, files["queries"])
+        inline = client.segment(files["images"], files["masks"], files["queries"], modality="MR")
+        assert cached.task_id == task.task_id and cached.n_prompts == 2
+        assert [m.mask_png_base64 for m in cached.masks] == [m.mask_png_base64 for m in inline.masks]
+        stored = ServedTasks(settings.root / "serve_tasks").get(task.task_id)  # what a restarted replica reads
+        assert stored.modality == "MR" and stored.n_prompts == 2
+        client.delete_task(task.task_id)
+        for call in (lambda: client.segment_task(task.task_id, files["queries"]), lambda: client.get_task("f" * 32)):
+            with pytest.raises(APIError) as raised:
+                call()
+            assert raised.value.status == 404 and raised.value.code == "unknown_task"
+    image = ("p.png", files["images"][0].read_bytes())
+    both = httpx.post(
+        f"{served}/v1/segment",
+        files=[("prompt_images", image), ("queries", ("q.png", files["queries"][0].read_bytes()))],
+        data={"task_id": task.task_id},
+        timeout=60,
+    )
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+
+
 def _post(url: str, **fields: list[tuple[str, bytes]]) -> httpx.Response:
     files = [(name, (filename, data)) for name, items in fields.items() for filename, data in items]
     return httpx.post(f"{url}/v1/segment", files=files, timeout=60)
@@ -69,7 +98,8 @@ def test_malformed_requests_get_typed_4xx_json(served: str, files: dict[str, lis
     nan = io.BytesIO()
     np.save(nan, np.full((8, 8), np.nan))
     cases = {
-        "missing prompt masks": (dict(prompt_images=[image], queries=[query]), "invalid_request", None),
+        "missing prompt masks": (dict(prompt_images=[image], queries=[query]), "invalid_input", "give a task_id"),
+        "missing queries": (dict(prompt_images=[image], prompt_masks=[mask]), "invalid_request", None),
         "not an image": (
             dict(prompt_images=[("x.txt", b"hello")], prompt_masks=[mask], queries=[query]),
             "invalid_input",
