@@ -21,6 +21,7 @@ from promptseg.registry import (
     alias_history,
     alias_version,
     move_alias,
+    version_held_out,
 )
 from promptseg.settings import Settings
 
@@ -29,9 +30,8 @@ class PromotionError(Exception):
     """The challenger and the champion cannot be compared (e.g. different held-out specs)."""
 
 
-def _held_out(settings: Settings, version: str) -> str:
-    tags = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, version).tags
-    return tags.get("held_out", ",".join(settings.held_out))
+def _held_out(settings: Settings, version: str) -> list[str]:
+    return version_held_out(settings.tracking_uri, settings.model_name, version) or settings.held_out
 
 
 def _score(evaluation: dict) -> float:
@@ -52,10 +52,11 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
     if champion is None:
         move_alias(tracking, name, CHAMPION, challenger, reason="no champion yet: the challenger is promoted")
         return {**decision, "promoted": True, "champion": challenger, "reason": "no champion yet"}
-    if _held_out(settings, challenger) != _held_out(settings, champion):
+    challenger_held_out, champion_held_out = _held_out(settings, challenger), _held_out(settings, champion)
+    if challenger_held_out != champion_held_out:
         raise PromotionError(
-            f"version {challenger} was held out on {_held_out(settings, challenger)!r} and version {champion} on "
-            f"{_held_out(settings, champion)!r}: their held-out scores are not comparable; pin by hand instead"
+            f"version {challenger} was held out on {challenger_held_out} and version {champion} on "
+            f"{champion_held_out}: their held-out scores are not comparable; pin by hand instead"
         )
     challenger_eval = stages.evaluate(settings, challenger, profile="quick")
     champion_eval = stages.evaluate(settings, champion, profile="quick")

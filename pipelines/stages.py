@@ -187,11 +187,10 @@ def evaluate(
 
     from promptseg.checkpoint import load_model
     from promptseg.evaluate import eval_spec
-    from promptseg.registry import load_version, tag_evaluation
+    from promptseg.registry import load_version, tag_evaluation, version_held_out
 
     loaded = load_version(settings.tracking_uri, settings.model_name, model)
-    version = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version)
-    held_out = version.tags["held_out"].split(",") if version.tags.get("held_out") else settings.held_out
+    held_out = version_held_out(settings.tracking_uri, settings.model_name, loaded.version) or settings.held_out
     spec = eval_spec(profile, held_out, **overrides)
     folders = list(baselines or [])
     if profile == "full" and loaded.network.config.architecture != "universeg":
@@ -203,7 +202,8 @@ def evaluate(
         taken = name in others or name == loaded.network.config.architecture
         others[Path(folder).name if taken else name] = network
     out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}-{profile}"
-    result = evaluate_network(settings, loaded.network, spec, out_dir, version.run_id, others)
+    run_id = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version).run_id
+    result = evaluate_network(settings, loaded.network, spec, out_dir, run_id, others)
     tag_evaluation(settings.tracking_uri, settings.model_name, loaded.version, result)
     return {"version": loaded.version, **result}
 

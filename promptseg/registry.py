@@ -126,6 +126,12 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
         return None
 
 
+def version_held_out(tracking_uri: str, name: str, version: str) -> list[str] | None:
+    """The held-out spec a version was trained without (its `held_out` tag), or None if it has none."""
+    tag = MlflowClient(tracking_uri).get_model_version(name, version).tags.get("held_out")
+    return tag.split(",") if tag else None
+
+
 def move_alias(
     tracking_uri: str, name: str, alias: str, version: str, *, reason: str, scores: dict[str, float] | None = None
 ) -> dict:

@@ -141,7 +141,7 @@ class PromptSegEndpoint:
             task = self.predictor.encode_task(images, masks, modality)
         else:
             task = self.tasks.encoding(task_id, self.model.version, self._encode)
-            modality = modality or self.tasks.get(task_id).modality
+            modality = modality or self.tasks.modality(task_id)
         encoded = time.perf_counter()
         results = self.predictor.segment(task, [array for _, array in query_arrays], modality, threshold)
         done = time.perf_counter()

@@ -92,6 +92,14 @@ class ServedTasks:
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
 
+    def modality(self, task_id: str) -> str:
+        """The task's modality, reading only that entry of its file (no prompt arrays)."""
+        try:
+            with np.load(self._path(task_id), allow_pickle=False) as data:
+                return str(data["modality"])
+        except FileNotFoundError as error:
+            raise UnknownTask(task_id) from error
+
     def delete(self, task_id: str) -> None:
         try:
             self._path(task_id).unlink()

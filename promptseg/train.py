@@ -190,7 +190,8 @@ def train_loop_per_worker(raw_config: dict) -> None:
         if tracker is not None:
             tracker.log_metric(config.run_id, "resumed_from_step", start, step=start)
     crash_at = config.fail_after_checkpoint * config.checkpoint_every + config.checkpoint_every // 2
-    losses: list[tuple[float, int]] = []  # (loss averaged over workers, time in ms) per step
+    losses: list[float] = []  # this worker's loss per step since the last report
+    stamps: list[int] = []  # and when each step ended (ms)
     model.train()
     for step in range(start, config.steps):
         if config.fail_after_checkpoint and checkpoint is None and rank == world - 1 and step == crash_at:
@@ -204,11 +205,13 @@ def train_loop_per_worker(raw_config: dict) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
-        losses.append((_mean_over_workers(loss.detach(), world), int(time.time() * 1000)))
+        losses.append(loss.item())
+        stamps.append(int(time.time() * 1000))
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             states = _gather(_random_states(sampler, generator), world)
-            _report(step + 1, losses, network, optimizer, scheduler, states, config, rank, tracker)
-            losses = []
+            averaged = _mean_over_workers(losses, world, device)
+            _report(step + 1, averaged, stamps, network, optimizer, scheduler, states, config, rank, tracker)
+            losses, stamps = [], []
 
 
 def _die_after_committed_checkpoint() -> None:
@@ -218,12 +221,14 @@ def _die_after_committed_checkpoint() -> None:
     os._exit(1)
 
 
-def _mean_over_workers(value: torch.Tensor, world: int) -> float:
-    if world > 1:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= world
-    return float(value)
+def _mean_over_workers(values: list[float], world: int, device: torch.device) -> list[float]:
+    """Each step's loss averaged over the workers: one all-reduce per report, not one per step (on the training
+    device, which NCCL requires)."""
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return (tensor / world).tolist()
 
 
 def _gather(state: dict, world: int) -> list[dict]:
@@ -235,7 +240,8 @@ def _gather(state: dict, world: int) -> list[dict]:
 
 def _report(
     step: int,
-    losses: list[tuple[float, int]],
+    losses: list[float],
+    stamps: list[int],
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -245,14 +251,16 @@ def _report(
     tracker: mlflow.MlflowClient | None,
 ) -> None:
     """Report metrics from every rank (Ray requires it) and a checkpoint from rank 0; rank 0 logs each step's loss."""
-    metrics = {"step": step, "loss": losses[-1][0], "lr": scheduler.get_last_lr()[0]}
+    metrics = {"step": step, "loss": losses[-1], "lr": scheduler.get_last_lr()[0]}
     if rank != 0:
         ray.train.report(metrics)
         return
     if tracker is not None:
         first = step - len(losses) + 1
-        logged = [Metric("loss", value, stamp, first + i) for i, (value, stamp) in enumerate(losses)]
-        tracker.log_batch(config.run_id, metrics=[*logged, Metric("lr", metrics["lr"], losses[-1][1], step)])
+        logged = [
+            Metric("loss", value, stamp, first + i) for i, (value, stamp) in enumerate(zip(losses, stamps, strict=True))
+        ]
+        tracker.log_batch(config.run_id, metrics=[*logged, Metric("lr", metrics["lr"], stamps[-1], step)])
     with tempfile.TemporaryDirectory() as folder:
         save_model(network, Path(folder))
         save_trainer_state(
