@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from pipelines import environment, stages
 from promptseg.settings import Settings
+
+if TYPE_CHECKING:
+    from promptseg.client import PromptSegClient
 
 app = typer.Typer(help="PromptSeg platform: in-context medical image segmentation.", no_args_is_help=True)
 console = Console()
@@ -174,36 +177,85 @@ def promote(
 
 
 @app.command()
-def serve(ctx: typer.Context, stop: bool = False, alias: str = "champion") -> None:
-    """Serve the registered model over HTTP on Ray Serve (`--stop` stops it and the Ray head it started)."""
+def serve(
+    ctx: typer.Context,
+    stop: Annotated[bool, typer.Option(help="Stop the endpoint and the Ray head it started.")] = False,
+    reload: Annotated[bool, typer.Option(help="Make the running endpoint follow its alias now.")] = False,
+    alias: str = "champion",
+) -> None:
+    """Serve the registered model over HTTP on Ray Serve. Replicas, CPUs/GPUs, batching, limits and the API key come
+    from PROMPTSEG_SERVE_* settings; running it again with changed settings rolls the replicas over."""
     settings = _settings(ctx)
     if stop:
         _show({"stopped_ray_head": stages.stop_serving(settings)})
         return
+    if reload:
+        with _client(settings, None) as client:
+            _show(client.reload().model_dump())
+        return
     url = stages.serve(settings, alias)
-    _show({"url": url, "docs": f"{url}/docs"})
+    _show({"url": url, "docs": f"{url}/docs", "metrics": f"{url}/metrics"})
+
+
+def _client(settings: Settings, url: str | None) -> PromptSegClient:
+    from promptseg.client import PromptSegClient
+
+    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    return PromptSegClient(url or stages.serve_url(settings), api_key=key)
+
+
+def _labels(text: str | None) -> list[int] | None:
+    return [int(part) for part in text.split(",")] if text else None
 
 
 @app.command()
 def query(
     ctx: typer.Context,
-    prompt_image: Annotated[list[Path], typer.Option(help="Prompt image (PNG/NPY); repeat per prompt.")],
-    prompt_mask: Annotated[list[Path], typer.Option(help="Prompt mask, in the same order.")],
-    query_image: Annotated[list[Path], typer.Option("--query", help="Query image; repeat per query.")],
+    prompt_image: Annotated[list[Path] | None, typer.Option(help="Prompt image (PNG/NPY); repeat per prompt.")] = None,
+    prompt_mask: Annotated[list[Path] | None, typer.Option(help="Prompt mask or label map, same order.")] = None,
+    task: Annotated[str | None, typer.Option(help="A registered task id instead of prompt files.")] = None,
+    register: Annotated[bool, typer.Option(help="Register the prompts as a task first; print its id.")] = False,
+    query_image: Annotated[list[Path] | None, typer.Option("--query", help="2D query (PNG/NPY); repeatable.")] = None,
+    volume: Annotated[Path | None, typer.Option(help="NIfTI file, DICOM series folder or zip.")] = None,
+    labels: Annotated[str | None, typer.Option(help="Label values to segment from label-map masks: '1,3'.")] = None,
+    axis: Annotated[int | None, typer.Option(help="Slice axis of the volume (default: DICOM slices, NIfTI k).")] = None,
+    ensemble: Annotated[int, typer.Option(help="Average over K random prompt subsets.")] = 1,
+    threshold: float = 0.5,
+    uncertainty: Annotated[bool, typer.Option(help="Also write float16 uncertainty maps (NPY).")] = False,
+    mask_format: Annotated[str, typer.Option(help="png or npy for 2D masks.")] = "png",
+    volume_format: Annotated[str | None, typer.Option(help="nifti, dicom-seg or npy.")] = None,
     out: Path = Path("promptseg-out"),
-    modality: str = "CT",
+    modality: Annotated[str | None, typer.Option(help="CT, MR, ... (default: the task's or DICOM's).")] = None,
     url: str | None = None,
 ) -> None:
-    """Segment query images against prompt pairs through the HTTP endpoint; write masks and overlays."""
+    """Segment 2D queries and/or a volume through the HTTP endpoint, against prompt pairs or a registered task;
+    write mask files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and uncertainty maps to OUT."""
     from pipelines.querying import query_files
     from promptseg.client import APIError
 
-    endpoint = url or stages.serve_url(_settings(ctx))
+    if not (query_image or volume):
+        raise typer.BadParameter("give --query files or a --volume")
+    settings = _settings(ctx)
+    options = {"labels": _labels(labels), "axis": axis, "ensemble": ensemble, "threshold": threshold}
+    options |= {"uncertainty": uncertainty, "mask_format": mask_format, "volume_format": volume_format}
     try:
-        _show(query_files(endpoint, prompt_image, prompt_mask, query_image, out, modality))
+        with _client(settings, url) as client:
+            report = query_files(
+                client,
+                out,
+                prompt_images=prompt_image,
+                prompt_masks=prompt_mask,
+                task_id=task,
+                queries=query_image,
+                volume=volume,
+                register=register,
+                modality=modality,
+                **options,
+            )
     except APIError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from error
+    _show(report)
 
 
 @app.command()

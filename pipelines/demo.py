@@ -20,6 +20,7 @@ from rich.table import Table
 from pipelines import stages
 from pipelines.querying import query_files
 from promptseg.baselines import mean_prompt_mask
+from promptseg.client import PromptSegClient
 from promptseg.metrics import dice_score
 from promptseg.settings import Settings
 from storage.sampler import choose_prompts_and_queries, read_episode, split_tasks
@@ -100,11 +101,17 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     _, held_out = split_tasks(store.tasks(), settings.held_out, store.resolution)
     results = Table("held-out task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
     example = None
+    client = PromptSegClient(url)
     for task in [t for t in held_out if len(t.cases) > 1 and t.axis == 2]:  # axial slices, several cases
         folder = settings.root / "demo" / task.task_id.replace("/", "_")
         files = export_episode(store, task, folder)
         answer = query_files(
-            url, files["prompt_images"], files["prompt_masks"], files["queries"], folder / "out", modality="CT"
+            client,
+            folder / "out",
+            prompt_images=files["prompt_images"],
+            prompt_masks=files["prompt_masks"],
+            queries=files["queries"],
+            modality="CT",
         )
         masks = [np.asarray(Image.open(o["mask"])) > 0 for o in answer["outputs"]]
         model_dice = np.mean([dice_score(m, t) for m, t in zip(masks, files["truths"], strict=True)])
@@ -116,6 +123,7 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
             f"{base_dice:.3f}",
         )
         example = example or (folder, files)
+    client.close()
     console.print(results)
     console.print(f"evaluation report, Dice-vs-N plot and overlays: {evaluation['report_dir']}")
     if example is not None:

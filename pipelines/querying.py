@@ -1,52 +1,117 @@
 """`promptseg query` (through the HTTP endpoint) and `promptseg segment` (in-process, through the Predictor):
-prompt pairs and queries from files in, mask PNGs and overlay PNGs out (and uncertainty maps, in-process)."""
+prompt pairs (or a registered task) and 2D queries or a volume (NIfTI, DICOM folder or zip) from files in; mask
+files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and, when asked, uncertainty maps out."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from promptseg.client import PromptSegClient, decode_mask
+from promptseg.api_models import MaskResult, SegmentResponse, VolumeResult
+from promptseg.client import PromptSegClient, decode_mask, decode_uncertainty, volume_upload
 from promptseg.evaluate import overlay_png
-from promptseg.image_io import binary_mask, decode_image, encode_png
+from promptseg.image_io import binary_mask, decode_image, encode_labels
 from promptseg.predictor import Predictor
+from promptseg.volume_io import read_label_volume, read_volume
 from storage.harmonize import NormalizationParams, normalize_intensity
 
 
-def _write_outputs(queries: list[Path], masks: list[np.ndarray], out: Path, modality: str, title: str) -> list[dict]:
+def _write_outputs(
+    queries: list[Path], masks: list[np.ndarray], out: Path, modality: str, title: str, mask_format: str = "png"
+) -> list[dict]:
     written = []
     for path, mask in zip(queries, masks, strict=True):
-        mask_path = out / f"{path.stem}_mask.png"
-        mask_path.write_bytes(encode_png(mask))
+        mask_path = out / f"{path.stem}_mask.{mask_format}"
+        labels = sorted(int(v) for v in np.unique(mask) if v) or [1]
+        mask_path.write_bytes(encode_labels(mask, [1] if mask.max() <= 1 else labels, mask_format))
         image = normalize_intensity(decode_image(path.name, path.read_bytes()), NormalizationParams(modality))
         overlay_path = out / f"{path.stem}_overlay.png"
-        overlay_png(image, None, mask, overlay_path, f"{path.name} ({title})")
+        overlay_png(image, None, mask > 0, overlay_path, f"{path.name} ({title})")
         written.append(
             {
                 "query": str(path),
                 "mask": str(mask_path),
                 "overlay": str(overlay_path),
-                "foreground_fraction": float(mask.mean()),
+                "foreground_fraction": float((mask > 0).mean()),
             }
         )
     return written
 
 
 def query_files(
-    url: str, prompt_images: list[Path], prompt_masks: list[Path], queries: list[Path], out: Path, modality: str = "CT"
+    client: PromptSegClient,
+    out: Path,
+    *,
+    prompt_images: list[Path] | None = None,
+    prompt_masks: list[Path] | None = None,
+    task_id: str | None = None,
+    queries: list[Path] | None = None,
+    volume: Path | None = None,
+    register: bool = False,
+    **options: object,
 ) -> dict:
+    """Segment 2D queries and/or a volume through the endpoint, against a task id or prompt pairs (registered first
+    as a task with `register`). Writes each query's mask (PNG or NPY, as `mask_format`), an overlay PNG and, with
+    `uncertainty`, a float16 NPY map; a volume's label volume (NIfTI `.nii.gz`, DICOM SEG `.dcm` or `.npy`) and an
+    overlay of its slice with the most foreground."""
     out.mkdir(parents=True, exist_ok=True)
-    with PromptSegClient(url) as client:
-        response = client.segment(prompt_images, prompt_masks, queries, modality=modality)
-    masks = [decode_mask(result.mask_png_base64) for result in response.masks]
-    return {
-        "model_version": response.model_version,
-        "request_id": response.request_id,
-        "outputs": _write_outputs(queries, masks, out, modality, f"model v{response.model_version}"),
-        "timings_ms": response.timings_ms,
-    }
+    modality = str(options.get("modality") or "CT")
+    report: dict = {"outputs": []}
+    if register:
+        labels = options.get("labels")
+        task = client.create_task(prompt_images, prompt_masks, modality, labels, options.get("window"))
+        task_id, prompt_images, prompt_masks = task.task_id, None, None
+        report["task_id"] = task_id
+    prompts = {"prompt_images": prompt_images, "prompt_masks": prompt_masks}
+    if queries:
+        if task_id:
+            response = client.segment_task(task_id, queries, **options)
+        else:
+            response = client.segment(prompt_images, prompt_masks, queries, **options)
+        masks = [decode_mask(result, response.labels) for result in response.masks]
+        title = f"model v{response.model_version}"
+        report["outputs"] += _write_outputs(queries, masks, out, modality, title, response.masks[0].mask_format)
+        for output, result in zip(report["outputs"], response.masks, strict=True):
+            if result.uncertainty_npy_base64:
+                output["uncertainty"] = _write_uncertainty(out / f"{Path(output['query']).stem}", result)
+        report |= {"model_version": response.model_version, "request_id": response.request_id}
+        report["timings_ms"] = response.timings_ms
+    if volume is not None:
+        response = client.segment_volume(volume, task_id, **({} if task_id else prompts), **options)
+        report["volume"] = _write_volume(volume, response, out)
+        report |= {"model_version": response.model_version, "volume_request_id": response.request_id}
+    return report
+
+
+def _write_uncertainty(stem: Path, result: MaskResult | VolumeResult) -> str:
+    path = stem.with_name(f"{stem.name}_uncertainty.npy")
+    np.save(path, decode_uncertainty(result.uncertainty_npy_base64))
+    return str(path)
+
+
+def _write_volume(volume: Path, response: SegmentResponse, out: Path) -> dict:
+    result = response.volume
+    stem = volume.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".zip")
+    suffix = {"nifti": "_labels.nii.gz", "dicom-seg": "_seg.dcm", "npy": "_labels.npy"}[result.volume_format]
+    path = out / f"{stem}{suffix}"
+    path.write_bytes(base64.b64decode(result.volume_base64))
+    source = read_volume(volume.name, volume_upload(volume)[1])
+    labels = read_label_volume(path.read_bytes(), result.volume_format, source)
+    slices = np.moveaxis(labels, result.axis, 0)
+    index = int(np.argmax(slices.reshape(len(slices), -1).astype(bool).sum(1)))
+    image = normalize_intensity(np.take(source.array, index, axis=result.axis), NormalizationParams("CT"))
+    overlay = out / f"{stem}_overlay.png"
+    overlay_png(
+        image, None, slices[index] > 0, overlay, f"{volume.name} slice {index} (model v{response.model_version})"
+    )
+    written = {"volume": str(volume), "labels": str(path), "overlay": str(overlay), "shape": result.shape}
+    written["foreground_fraction"] = result.foreground_fraction
+    if result.uncertainty_npy_base64:
+        written["uncertainty"] = _write_uncertainty(out / stem, result)
+    return written
 
 
 def segment_files(

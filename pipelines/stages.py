@@ -11,9 +11,12 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptseg.settings import Settings
+
+if TYPE_CHECKING:
+    from promptseg.serve_app import ServeOptions
 
 SERVE_RECORD = "serve.json"
 
@@ -215,19 +218,37 @@ def promote(settings: Settings, *, version: str | None = None, margin: float = 0
     return pin(settings, version) if version else gate(settings, margin)
 
 
+def serve_options(settings: Settings) -> ServeOptions:
+    from promptseg.serve_app import ServeOptions
+    from promptseg.serve_gateway import key_digest
+
+    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    return ServeOptions(
+        tasks_dir=str(settings.serve_tasks_dir),
+        audit_dir=str(settings.audit_dir),
+        state_file=str(settings.services_dir / "serve_model.json"),
+        host=settings.serve_host,
+        port=settings.serve_port,
+        replicas=settings.serve_replicas,
+        cpus_per_replica=settings.serve_cpus_per_replica,
+        gpus_per_replica=settings.serve_gpus_per_replica,
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        max_queued_requests=settings.serve_max_queued_requests,
+        max_batch_size=settings.serve_max_batch_size,
+        batch_wait_ms=settings.serve_batch_wait_ms,
+        max_body_mb=settings.serve_max_body_mb,
+        cache_size=settings.serve_cache_size,
+        api_key_sha256=key_digest(key) if key else None,
+    )
+
+
 def serve(settings: Settings, alias: str = "champion") -> str:
+    """Deploy (or roll over, when it runs already) the Serve application for `models:/<name>@<alias>`."""
     from promptseg import cluster
     from promptseg.serve_app import deploy
 
     cluster.connect(settings.services_dir, settings.ray_address)
-    url = deploy(
-        settings.tracking_uri,
-        settings.model_name,
-        alias,
-        settings.serve_host,
-        settings.serve_port,
-        settings.root / "serve_tasks",
-    )
+    url = deploy(settings.tracking_uri, settings.model_name, alias, serve_options(settings))
     (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
     return url
 

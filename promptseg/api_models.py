@@ -1,13 +1,23 @@
 """Contract 4, the HTTP API's request and response bodies (pydantic), shared by the Serve app and the client.
 
 Routes (versioned under /v1, OpenAPI at /docs):
-- POST /v1/tasks (multipart): `prompt_images`, `prompt_masks`, form field `modality` → 201 `TaskInfo` (the task
-  id is a content hash: the same prompts give the same id). GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
-- POST /v1/segment (multipart): `queries` (PNG or NPY files) against a registered `task_id` (form field) or inline
-  `prompt_images` and `prompt_masks`, form fields `modality` (CT, MR, ...; 8-bit images are scaled whatever the
-  modality; default the task's) and `threshold` → `SegmentResponse`.
-  Prompt masks are {0, 1} or {0, 255}; output masks are PNGs with values {0, 255}, base64-encoded, one per query.
-- GET /v1/model → `ModelInfo`; GET /healthz → `Health`.
+- POST /v1/tasks (multipart): `prompt_images`, `prompt_masks`, form fields `modality`, optional `window`
+  ("low,high", a CT window) and `labels` → 201 `TaskInfo`. The task id is a content hash: the same prompts give
+  the same id. GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
+- POST /v1/segment (multipart): 2D `queries` (PNG or NPY files) or one 3D `volume` (NIfTI, or a zip of one DICOM
+  series) segmented slice by slice along `axis` (default: the DICOM slice axis, NIfTI's third voxel axis); against a
+  registered `task_id` or inline `prompt_images` and `prompt_masks`. Form fields: `modality` (CT, MR, ...; 8-bit
+  images are scaled whatever the modality; default the task's or the DICOM header's), `window`, `labels`,
+  `threshold`, `ensemble` (K prompt subsets averaged), `uncertainty` (adds float16 NPY maps), `mask_format` (png or
+  npy, for 2D), `volume_format` (nifti or npy for NIfTI input, dicom-seg or npy for DICOM input) → `SegmentResponse`.
+- Masks in: {0, 1} or {0, 255} binary masks, or with `labels` ("1,3") label maps from which each wanted value is
+  one structure, all segmented in the same call. Masks out: label maps holding those values (0 = background,
+  a pixel goes to the most probable label above the threshold); a binary result (no `labels`) is label 1, written
+  as {0, 255} in PNGs.
+- GET /v1/model → `ModelInfo`; GET /healthz → `Health` (always open); GET /metrics → Prometheus text;
+  POST /v1/reload → `ReloadInfo` (follow the alias to its current version).
+- Auth: when the endpoint has an API key, every route but /healthz and the docs needs header `X-API-Key`
+  (401 missing, 403 wrong). Bodies over the configured size get 413 before they are decoded; overload gets 503.
 - Errors: a 4xx status with an `ErrorResponse` body naming the problem and the file; never a 500 for bad input.
 """
 
@@ -38,18 +48,45 @@ class ModelInfo(BaseModel):
     model_card: dict
 
 
+class ReloadInfo(BaseModel):
+    alias: str
+    previous_version: str
+    model_version: str
+    changed: bool
+
+
 class TaskInfo(BaseModel):
     task_id: str
     n_prompts: int
     modality: str
+    labels: list[int]
+    window: tuple[float, float] | None = None
 
 
 class MaskResult(BaseModel):
+    """One 2D query's label map (base64 of `mask_format` bytes) and, when asked, its uncertainty (float16 NPY,
+    (H, W) for one label, (L, H, W) for several)."""
+
     query: str
     height: int
     width: int
-    foreground_fraction: float
-    mask_png_base64: str
+    mask_format: str
+    mask_base64: str
+    foreground_fraction: dict[str, float]
+    uncertainty_npy_base64: str | None = None
+
+
+class VolumeResult(BaseModel):
+    """A volume's label map on the input's grid (NIfTI, DICOM SEG or NPY bytes, base64) and its uncertainty."""
+
+    volume: str
+    shape: list[int]
+    axis: int
+    n_slices: int
+    volume_format: str
+    volume_base64: str
+    foreground_fraction: dict[str, float]
+    uncertainty_npy_base64: str | None = None
 
 
 class SegmentResponse(BaseModel):
@@ -58,5 +95,8 @@ class SegmentResponse(BaseModel):
     model_version: str
     task_id: str | None = None
     n_prompts: int
-    masks: list[MaskResult]
+    labels: list[int]
+    ensemble: int
+    masks: list[MaskResult] = []
+    volume: VolumeResult | None = None
     timings_ms: dict[str, float]

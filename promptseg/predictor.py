@@ -4,8 +4,9 @@
 `storage.harmonize` (contract 2) and encodes them once; the `TaskEncoding` it returns can be cached and
 serialized to bytes. `segment(task, queries, modality)` harmonizes the queries, runs them in batches against the
 encoding and maps every probability map back to its query's native grid, with a mask and a per-pixel
-uncertainty. `modality=MODEL_GRID` marks arrays that already are model input (R×R in [0, 1], e.g. task-store
-slices), which then skip harmonization.
+uncertainty. `modality` is a modality name (per-image percentiles, 8-bit images scaled), a `NormalizationParams`
+(e.g. a CT window), `NORMALIZED` for native-size arrays already in [0, 1] (slices of a volume normalized as a
+whole), or `MODEL_GRID` for arrays that already are model input (R×R in [0, 1], e.g. task-store slices).
 
 Ensembling: with `ensemble=K > 1`, a task is encoded K times, each from a random subset of its prompts
 (`subset_fraction` of them); probabilities are averaged. The uncertainty map is the binary entropy (bits, in
@@ -33,6 +34,8 @@ from promptseg.image_io import InvalidInput
 from storage.harmonize import NormalizationParams, SliceGeometry, from_model_grid, normalize_intensity, to_model_grid
 
 MODEL_GRID = "model-grid"
+NORMALIZED = "normalized"
+Intensity = str | NormalizationParams
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Predictor:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def _to_grid(self, image: np.ndarray, modality: str, name: str) -> tuple[np.ndarray, SliceGeometry | None]:
+    def _to_grid(self, image: np.ndarray, modality: Intensity, name: str) -> tuple[np.ndarray, SliceGeometry | None]:
         """A native 2D image → (R×R model input, geometry to map results back; None for MODEL_GRID input)."""
         if image.ndim != 2:
             raise InvalidInput(name, f"expected a 2D image, got shape {image.shape}")
@@ -107,11 +110,15 @@ class Predictor:
             if image.shape != (self.resolution, self.resolution):
                 raise InvalidInput(name, f"model-grid input must be {self.resolution}×{self.resolution}")
             return image.astype(np.float32), None
-        normalized = normalize_intensity(image, NormalizationParams(modality))
+        if modality == NORMALIZED:
+            normalized = image.astype(np.float32)
+        else:
+            params = modality if isinstance(modality, NormalizationParams) else NormalizationParams(modality)
+            normalized = normalize_intensity(image, params)
         grid, geometry = to_model_grid(normalized[None], self.resolution)
         return grid[0], geometry
 
-    def _mask_to_grid(self, mask: np.ndarray, modality: str) -> np.ndarray:
+    def _mask_to_grid(self, mask: np.ndarray, modality: Intensity) -> np.ndarray:
         if modality == MODEL_GRID:
             return mask.astype(np.float32)
         return to_model_grid(mask[None].astype(np.float32), self.resolution, label=True)[0][0]
@@ -129,18 +136,26 @@ class Predictor:
             if not np.isin(mask, (0, 1)).all():
                 raise InvalidInput(f"prompt_masks[{index}]", "mask is not binary (values other than 0 and 1)")
 
-    def _subsets(self, n: int) -> list[np.ndarray]:
+    def _subsets(self, n: int, ensemble: int) -> list[np.ndarray]:
         """The ensemble's prompt subsets: all prompts once, or K random subsets of `subset_fraction` of them."""
         size = max(1, math.ceil(n * self.subset_fraction))
-        if self.ensemble == 1 or size == n:
+        if ensemble == 1 or size == n:
             return [np.arange(n)]
         rng = np.random.default_rng([self.seed, n])
-        return [np.sort(rng.choice(n, size, replace=False)) for _ in range(self.ensemble)]
+        return [np.sort(rng.choice(n, size, replace=False)) for _ in range(ensemble)]
 
     def encode_labels(
-        self, prompt_images: Sequence[np.ndarray], masks_by_label: dict[str, Sequence[np.ndarray]], modality: str
+        self,
+        prompt_images: Sequence[np.ndarray],
+        masks_by_label: dict[str, Sequence[np.ndarray]],
+        modality: Intensity,
+        ensemble: int | None = None,
     ) -> dict[str, TaskEncoding]:
-        """One task per label over the same prompt images, encoded in one batched call."""
+        """One task per label over the same prompt images, encoded in one batched call (`ensemble` members each,
+        the predictor's default unless given)."""
+        ensemble = ensemble or self.ensemble
+        if ensemble < 1:
+            raise InvalidInput("ensemble", f"ensemble must be ≥ 1, got {ensemble}")
         if not masks_by_label:
             raise InvalidInput("prompt_masks", "no label to segment")
         for label, masks in masks_by_label.items():
@@ -149,7 +164,7 @@ class Predictor:
             except InvalidInput as error:
                 raise InvalidInput(f"{error.file} (label {label})" if label else error.file, error.problem) from None
         images = np.stack([self._to_grid(im, modality, f"prompt_images[{i}]")[0] for i, im in enumerate(prompt_images)])
-        subsets = self._subsets(len(images))
+        subsets = self._subsets(len(images), ensemble)
         labels = list(masks_by_label)
         masks = np.stack([np.stack([self._mask_to_grid(m, modality) for m in masks_by_label[lb]]) for lb in labels])
         image_batch = torch.from_numpy(np.stack([images[s] for _ in labels for s in subsets]))[:, :, None]
@@ -163,9 +178,13 @@ class Predictor:
         }
 
     def encode_task(
-        self, prompt_images: Sequence[np.ndarray], prompt_masks: Sequence[np.ndarray], modality: str
+        self,
+        prompt_images: Sequence[np.ndarray],
+        prompt_masks: Sequence[np.ndarray],
+        modality: Intensity,
+        ensemble: int | None = None,
     ) -> TaskEncoding:
-        return self.encode_labels(prompt_images, {"": prompt_masks}, modality)[""]
+        return self.encode_labels(prompt_images, {"": prompt_masks}, modality, ensemble)[""]
 
     def task_from_bytes(self, data: bytes) -> TaskEncoding:
         """A serialized task encoding, refused unless this predictor's network produced it."""
@@ -182,7 +201,7 @@ class Predictor:
         return TaskEncoding(encoding, int(metadata["n_prompts"]), self.model_id)
 
     def segment_labels(
-        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: str, threshold: float = 0.5
+        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
     ) -> dict[str, list[Segmentation]]:
         """Segment the same queries for several tasks; tasks of equal encoding shape run in one batch."""
         if not len(queries):
@@ -215,7 +234,7 @@ class Predictor:
         }
 
     def segment(
-        self, task: TaskEncoding, queries: Sequence[np.ndarray], modality: str, threshold: float = 0.5
+        self, task: TaskEncoding, queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
     ) -> list[Segmentation]:
         return self.segment_labels({"": task}, queries, modality, threshold)[""]
 

@@ -1,10 +1,11 @@
 """Tasks registered with the endpoint (POST /v1/tasks): durable prompt pairs plus a bounded cache of encodings.
 
-A task's prompts (decoded images and binary masks at their native sizes, and the modality) are written once to
+A task's prompts (decoded images at their native sizes, one binary mask per prompt and label value, the modality
+and an optional CT window) are written once to
 `<folder>/<task id>.npz` (a temporary file, then an atomic rename, so a half-written task is never visible); the
 task id is the SHA-256 of that content, so registering the same prompts twice gives the same id. Any replica that
 sees the folder can serve the task and re-encode it after an eviction or a restart. Encodings live in an LRU keyed
-by (task id, model version), so a new model version never reuses an old version's encodings.
+by (task id, model version, ensemble size), so a new model version never reuses an old version's encodings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.harmonize import NormalizationParams
+
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -36,17 +39,29 @@ class UnknownTask(KeyError):
 class StoredTask:
     task_id: str
     modality: str
+    window: tuple[float, float] | None
     images: list[np.ndarray]
-    masks: list[np.ndarray]
+    masks: dict[int, list[np.ndarray]]
 
     @property
     def n_prompts(self) -> int:
         return len(self.images)
 
+    @property
+    def labels(self) -> list[int]:
+        return list(self.masks)
 
-def task_content_id(images: list[np.ndarray], masks: list[np.ndarray], modality: str) -> str:
-    digest = hashlib.sha256(modality.encode())
-    for array in [*images, *masks]:
+    @property
+    def intensity(self) -> NormalizationParams:
+        low, high = self.window or (None, None)
+        return NormalizationParams(self.modality, low, high)
+
+
+def task_content_id(
+    images: list[np.ndarray], masks: dict[int, list[np.ndarray]], modality: str, window: tuple[float, float] | None
+) -> str:
+    digest = hashlib.sha256(f"{modality}|{window}|{sorted(masks)}".encode())
+    for array in [*images, *(m for label in sorted(masks) for m in masks[label])]:
         digest.update(str((array.dtype.str, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:32]
@@ -59,20 +74,34 @@ class ServedTasks:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.cache_size = cache_size
-        self._encodings: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._encodings: OrderedDict[tuple[str, str, int], object] = OrderedDict()
 
     def _path(self, task_id: str) -> Path:
         if not TASK_ID.match(task_id):
             raise UnknownTask(task_id)
         return self.folder / f"{task_id}.npz"
 
-    def put(self, images: list[np.ndarray], masks: list[np.ndarray], modality: str) -> str:
-        task_id = task_content_id(images, masks, modality)
+    def put(
+        self,
+        images: list[np.ndarray],
+        masks: dict[int, list[np.ndarray]],
+        modality: str,
+        window: tuple[float, float] | None = None,
+    ) -> str:
+        task_id = task_content_id(images, masks, modality, window)
         path = self._path(task_id)
         if not path.exists():
-            arrays = {f"image_{i}": a for i, a in enumerate(images)} | {f"mask_{i}": m for i, m in enumerate(masks)}
+            arrays = {f"image_{i}": a for i, a in enumerate(images)} | {
+                f"mask_{label}_{i}": m for label, label_masks in masks.items() for i, m in enumerate(label_masks)
+            }
             buffer = io.BytesIO()
-            np.savez_compressed(buffer, modality=np.array(modality), **arrays)
+            np.savez_compressed(
+                buffer,
+                modality=np.array(modality),
+                window=np.array(window or [], dtype=np.float64),
+                labels=np.array(list(masks), dtype=np.int64),
+                **arrays,
+            )
             with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".partial", delete=False) as handle:
                 handle.write(buffer.getvalue())
             os.replace(handle.name, path)
@@ -83,20 +112,23 @@ class ServedTasks:
         try:
             with np.load(path, allow_pickle=False) as data:
                 n = sum(1 for key in data.files if key.startswith("image_"))
+                window = data["window"].tolist()
                 return StoredTask(
                     task_id,
                     str(data["modality"]),
+                    (window[0], window[1]) if window else None,
                     [data[f"image_{i}"] for i in range(n)],
-                    [data[f"mask_{i}"] for i in range(n)],
+                    {int(label): [data[f"mask_{label}_{i}"] for i in range(n)] for label in data["labels"]},
                 )
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
 
-    def modality(self, task_id: str) -> str:
-        """The task's modality, reading only that entry of its file (no prompt arrays)."""
+    def describe(self, task_id: str) -> tuple[NormalizationParams, list[int]]:
+        """The task's intensity recipe and label values, reading only those entries of its file (no prompt arrays)."""
         try:
             with np.load(self._path(task_id), allow_pickle=False) as data:
-                return str(data["modality"])
+                window = data["window"].tolist() or [None, None]
+                return NormalizationParams(str(data["modality"]), *window), [int(v) for v in data["labels"]]
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
 
@@ -108,9 +140,12 @@ class ServedTasks:
         for key in [k for k in self._encodings if k[0] == task_id]:
             del self._encodings[key]
 
-    def encoding(self, task_id: str, model_version: str, encode: Callable[[StoredTask], object]) -> object:
-        """The cached encoding of the task for this model version, encoding (and caching) it when missing."""
-        key = (task_id, model_version)
+    def encoding(
+        self, task_id: str, model_version: str, ensemble: int, encode: Callable[[StoredTask], object]
+    ) -> object:
+        """The cached encoding of the task for this model version and ensemble size, encoding (and caching) it when
+        missing."""
+        key = (task_id, model_version, ensemble)
         if key in self._encodings:
             self._encodings.move_to_end(key)
             return self._encodings[key]
@@ -120,5 +155,5 @@ class ServedTasks:
             self._encodings.popitem(last=False)
         return encoding
 
-    def cached(self) -> list[tuple[str, str]]:
+    def cached(self) -> list[tuple[str, str, int]]:
         return list(self._encodings)

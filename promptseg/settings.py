@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     dask_workers: int = 2
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    serve_api_key: SecretStr | None = None
+    serve_replicas: int = 1
+    serve_cpus_per_replica: float = 0.25
+    serve_gpus_per_replica: float = 0.0
+    serve_max_ongoing_requests: int = 8
+    serve_max_queued_requests: int = 32
+    serve_max_batch_size: int = 8
+    serve_batch_wait_ms: float = 2.0
+    serve_max_body_mb: float = 256.0
+    serve_cache_size: int = 128
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("PROMPTSEG_RAY_ADDRESS", "RAY_ADDRESS"))
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("PROMPTSEG_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
@@ -65,6 +75,16 @@ class Settings(BaseSettings):
     def ray_storage(self) -> str:
         """Ray Train's run storage (checkpoints): a local folder or s3://bucket/prefix."""
         return self.ray_storage_url or str(self.root / "ray_results")
+
+    @property
+    def serve_tasks_dir(self) -> Path:
+        """Tasks registered with the endpoint (their prompts), shared by every replica."""
+        return self.root / "serve_tasks"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The endpoint's audit log (one JSON line per request, no patient data)."""
+        return self.root / "audit"
 
     @property
     def prefect_home(self) -> Path:

@@ -1,0 +1,176 @@
+"""What happens to every HTTP request of the endpoint around its route: request id, API key, body-size limit,
+audit log line and Prometheus metrics (one ASGI middleware, `Gateway`).
+
+- Request id: Ray Serve's id of the request (the one its proxy returns in the `X-Request-ID` header and writes to
+  its logs), in `scope["state"]["request_id"]` for the route; outside Serve a fresh one, added as that header.
+- API key: when a key is configured, every route but `OPEN_PATHS` needs header `X-API-Key`; the SHA-256 of the
+  given key is compared in constant time with the configured key's (the replica only ever holds the hash).
+  Missing → 401, wrong → 403, before the body is read.
+- Body limit: a declared `Content-Length` over the limit gets 413 before any byte is read; a body streamed without
+  one is counted as it arrives and cut off with 413 at the limit.
+- Audit: one JSON line per request (time, request id, method, route template, status, request and response bytes,
+  duration, and what the route adds in `scope["state"]["audit"]`: task id, number of queries, model version,
+  error code). File names, headers, client addresses and pixel data are never written: they may identify a patient.
+- Metrics: request counts and latencies by route and status, queries segmented, task-encoding cache hits and misses,
+  in a registry of this replica's own, served as Prometheus text at /metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from ray.serve.context import _get_serve_request_context
+from starlette.exceptions import HTTPException
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+API_KEY_HEADER = b"x-api-key"
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("promptseg_requests", "HTTP requests answered", ["route", "status"], registry=REGISTRY)
+LATENCY = Histogram(
+    "promptseg_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
+QUERIES = Counter("promptseg_query_slices", "Query slices segmented", registry=REGISTRY)
+CACHE = Counter("promptseg_task_cache", "Task-encoding cache lookups", ["result"], registry=REGISTRY)
+MODEL = Gauge("promptseg_model_info", "The model version this replica serves", ["name", "version"], registry=REGISTRY)
+
+
+def key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    max_body_bytes: int = 256 << 20
+    api_key_sha256: str | None = None
+    audit_dir: Path | None = None
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body streams in past the limit (an HTTPException, so the framework's body parsing lets it
+    through instead of turning it into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit} bytes")
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
+async def _send_error(send: Any, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message, "file": None}}).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_config = GatewayConfig()
+
+
+def configure(config: GatewayConfig) -> None:
+    """Set this process's gateway settings (a replica calls it at start, after the app was built)."""
+    global _config
+    _config = config
+
+
+class Gateway:
+    """ASGI middleware reading this process's `configure`d settings on every request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @property
+    def config(self) -> GatewayConfig:
+        return _config
+
+    def _denied(self, scope: dict) -> tuple[int, str, str] | None:
+        if self.config.api_key_sha256 is None or scope["path"] in OPEN_PATHS:
+            return None
+        given = _header(scope, API_KEY_HEADER)
+        if given is None:
+            return 401, "missing_api_key", "this endpoint needs an X-API-Key header"
+        if not hmac.compare_digest(hashlib.sha256(given).hexdigest(), self.config.api_key_sha256):
+            return 403, "wrong_api_key", "the X-API-Key header does not match"
+        return None
+
+    def _too_large(self, scope: dict) -> bool:
+        declared = _header(scope, b"content-length")
+        return declared is not None and declared.isdigit() and int(declared) > self.config.max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        serve_id = _get_serve_request_context().request_id
+        request_id = serve_id or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"], state["audit"] = request_id, {}
+        outcome = {"status": 500, "request_bytes": 0, "response_bytes": 0}
+
+        async def counted_receive() -> dict:
+            message = await receive()
+            outcome["request_bytes"] += len(message.get("body", b""))
+            if outcome["request_bytes"] > self.config.max_body_bytes:
+                raise BodyTooLarge(self.config.max_body_bytes)
+            return message
+
+        async def tagged_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+                if not serve_id:
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body":
+                outcome["response_bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        too_large = 413, "body_too_large", f"request bodies are limited to {self.config.max_body_bytes} bytes"
+        refusal = self._denied(scope)
+        if refusal is None and self._too_large(scope):
+            refusal = too_large
+        try:
+            if refusal is not None:
+                await _send_error(tagged_send, *refusal)
+            else:
+                await self.app(scope, counted_receive, tagged_send)
+        except BodyTooLarge:
+            await _send_error(tagged_send, *too_large)
+        finally:
+            self._record(scope, outcome, time.perf_counter() - start)
+
+    def _record(self, scope: dict, outcome: dict, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "/other"
+        REQUESTS.labels(route, str(outcome["status"])).inc()
+        LATENCY.labels(route).observe(seconds)
+        if self.config.audit_dir is None:
+            return
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "request_id": scope["state"]["request_id"],
+            "method": scope["method"],
+            "route": route,
+            **outcome,
+            "duration_ms": round(1e3 * seconds, 2),
+            **scope["state"]["audit"],
+        }
+        self.config.audit_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.audit_dir / f"audit-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(descriptor)
