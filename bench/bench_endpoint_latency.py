@@ -1,9 +1,13 @@
-"""Benchmark: latency of one /v1/segment request through the real endpoint (Ray Serve + FastAPI, CPU).
+"""Benchmark: the real endpoint (Ray Serve + FastAPI over HTTP, CPU) — one query slice against a registered task
+vs inline prompt pairs, and a whole volume against the task.
 
 In a temporary workspace: a tiny PromptSeg with random weights is checkpointed, registered in MLflow and promoted,
-served on a fresh Ray head (127.0.0.1), then queried over HTTP with N prompt pairs and one query (PNG, native
-size = the resolution). Prints one JSON line per N with p50/p95 latency and the server-side timings.
-Usage: python bench/bench_endpoint_latency.py [--resolution 128] [--requests 30]
+served on a fresh Ray head (127.0.0.1) with the default serve settings, then queried over HTTP. Prints one JSON
+line per case: p50/p95 latency of sequential requests (after a warm-up), and queries/s with `--clients`
+concurrent clients. Cases: `inline` (N prompt pairs sent with every request), `cached` (the N pairs registered
+once as a task; its encoding cached on the replica), `volume` (a NIfTI volume of `--slices` slices against the
+task, returned as a NIfTI label volume).
+Usage: python bench/bench_endpoint_latency.py [--resolution 256] [--prompts 8] [--requests 30] [--slices 100]
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
@@ -28,61 +35,89 @@ from promptseg.settings import Settings
 from promptseg.tracking import use_experiment
 
 
+def _latencies(call: Callable[[], object], requests: int) -> list[float]:
+    call()  # warm-up
+    latencies = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _throughput(call: Callable[[], object], requests: int, clients: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: call(), range(requests)))
+    return requests / (time.perf_counter() - start)
+
+
+def _line(case: str, latencies: list[float], per_second: float, **extra: object) -> str:
+    return json.dumps(
+        {
+            "bench": "endpoint",
+            "case": case,
+            "p50_s": round(float(np.percentile(latencies, 50)), 4),
+            "p95_s": round(float(np.percentile(latencies, 95)), 4),
+            "requests": len(latencies),
+            **extra,
+            "requests_per_s_concurrent": round(per_second, 2),
+            "cpus": os.cpu_count(),
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--port", type=int, default=18799)
     args = parser.parse_args()
+    r, n = args.resolution, args.prompts
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        settings = Settings(workspace=root / "ws", resolution=args.resolution, serve_port=args.port)
+        settings = Settings(workspace=root / "ws", resolution=r, serve_port=args.port)
         environment.prepare(settings)
         torch.manual_seed(0)
-        save_model(build_model(model_config("tiny", args.resolution)), root / "checkpoint")
+        save_model(build_model(model_config("tiny", r)), root / "checkpoint")
         experiment_id = use_experiment(settings.tracking_uri, "bench", settings.artifact_root)
         with mlflow.start_run(experiment_id=experiment_id) as run:
             run_id = run.info.run_id
         version = stages.register(settings, run_id, root / "checkpoint")
         stages.promote(settings, version)
+        rng = np.random.default_rng(0)
+        images, masks = [], []
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (r, r), dtype=np.uint8)).save(root / f"p{i}.png")
+            Image.fromarray((rng.random((r, r)) > 0.8).astype(np.uint8) * 255).save(root / f"m{i}.png")
+            images.append(root / f"p{i}.png")
+            masks.append(root / f"m{i}.png")
+        query = root / "q.png"
+        Image.fromarray(rng.integers(0, 255, (r, r), dtype=np.uint8)).save(query)
+        volume = root / "volume.nii.gz"
+        array = rng.normal(0, 200, (r, r, args.slices)).astype(np.float32)
+        nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0])), volume)
         try:
             url = stages.serve(settings)
-            rng = np.random.default_rng(0)
-            r = args.resolution
-            for n in (1, 4, 16):
-                paths = {"images": [], "masks": []}
-                for i in range(n):
-                    Image.fromarray(rng.integers(0, 255, (r, r), dtype=np.uint8)).save(root / f"p{i}.png")
-                    Image.fromarray((rng.random((r, r)) > 0.8).astype(np.uint8) * 255).save(root / f"m{i}.png")
-                    paths["images"].append(root / f"p{i}.png")
-                    paths["masks"].append(root / f"m{i}.png")
-                Image.fromarray(rng.integers(0, 255, (r, r), dtype=np.uint8)).save(root / "q.png")
-                latencies, server = [], []
-                with PromptSegClient(url) as client:
-                    client.segment(paths["images"], paths["masks"], [root / "q.png"])  # warm-up
-                    for _ in range(args.requests):
-                        start = time.perf_counter()
-                        response = client.segment(paths["images"], paths["masks"], [root / "q.png"])
-                        latencies.append(1e3 * (time.perf_counter() - start))
-                        server.append(response.timings_ms)
-                print(
-                    json.dumps(
-                        {
-                            "bench": "endpoint_latency",
-                            "resolution": r,
-                            "n_prompts": n,
-                            "queries": 1,
-                            "requests": args.requests,
-                            "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-                            "p95_ms": round(float(np.percentile(latencies, 95)), 1),
-                            "server_encode_prompts_ms": round(
-                                float(np.median([s["encode_prompts"] for s in server])), 1
-                            ),
-                            "server_segment_ms": round(float(np.median([s["segment"] for s in server])), 1),
-                            "cpus": os.cpu_count(),
-                        }
-                    )
-                )
+            with PromptSegClient(url) as client:
+                task = client.create_task(images, masks, "CT").task_id
+                cases = {
+                    "inline": lambda: client.segment(images, masks, [query]),
+                    "cached": lambda: client.segment_task(task, [query]),
+                }
+                for case, call in cases.items():
+                    latencies = _latencies(call, args.requests)
+                    per_second = _throughput(call, args.requests, args.clients)
+                    print(_line(case, latencies, per_second, resolution=r, n_prompts=n, query_slices=1), flush=True)
+                volume_requests = max(3, args.requests // 6)
+                latencies = _latencies(lambda: client.segment_volume(volume, task), volume_requests)
+                per_second = _throughput(lambda: client.segment_volume(volume, task), volume_requests, 2)
+                slices_per_s = args.slices / float(np.percentile(latencies, 50))
+                extra = {"resolution": r, "n_prompts": n, "query_slices": args.slices}
+                print(_line("volume", latencies, per_second, **extra, slices_per_s=round(slices_per_s, 1)), flush=True)
         finally:
             stages.stop_serving(settings)
 

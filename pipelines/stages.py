@@ -237,6 +237,7 @@ def serve_options(settings: Settings) -> ServeOptions:
         max_batch_size=settings.serve_max_batch_size,
         batch_wait_ms=settings.serve_batch_wait_ms,
         max_body_mb=settings.serve_max_body_mb,
+        max_volume_mb=settings.serve_max_volume_mb,
         cache_size=settings.serve_cache_size,
         api_key_sha256=key_digest(key) if key else None,
     )

@@ -74,6 +74,7 @@ class ServeOptions:
     max_batch_size: int = 8
     batch_wait_ms: float = 2.0
     max_body_mb: float = 256.0
+    max_volume_mb: float = 1024.0
     cache_size: int = 128
     api_key_sha256: str | None = None  # the key itself never leaves the process that deploys
 
@@ -236,6 +237,7 @@ class PromptSegEndpoint:
     ) -> None:
         self.model = ServedModel(tracking_uri, model_name, alias, Path(options.state_file), 16)
         self.tasks = ServedTasks(Path(options.tasks_dir), options.cache_size)
+        self.max_volume_bytes = int(options.max_volume_mb * 2**20)
         limit = int(options.max_body_mb * 2**20)
         serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, Path(options.audit_dir)))
         self._run_jobs.set_max_batch_size(options.max_batch_size)
@@ -373,7 +375,8 @@ class PromptSegEndpoint:
             if wanted is not None and not set(wanted) <= set(task_labels):
                 raise InvalidInput("labels", f"the task has labels {task_labels}, not {wanted}")
         if volume is not None:
-            source = await asyncio.to_thread(read_volume, f"volume {volume.filename}", await _read(volume, "volume"))
+            name = f"volume {volume.filename}"
+            source = await asyncio.to_thread(read_volume, name, await _read(volume, name), self.max_volume_bytes)
             query_names: list[str] = []
         else:
             query_arrays = await _read_images(queries, "queries")
@@ -463,7 +466,14 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
-def deploy(tracking_uri: str, model_name: str, alias: str, options: ServeOptions) -> str:
+def deploy(
+    tracking_uri: str,
+    model_name: str,
+    alias: str,
+    options: ServeOptions,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> str:
     """Run the application on the connected Ray cluster; return its base URL. Redeploying with changed options
     rolls the replicas over (Serve starts new ones before stopping old ones)."""
     if not _is_loopback(options.host) and not options.api_key_sha256:
@@ -477,8 +487,8 @@ def deploy(tracking_uri: str, model_name: str, alias: str, options: ServeOptions
         max_ongoing_requests=options.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,
     )
-    serve.run(deployment.bind(tracking_uri, model_name, alias, options), name=APP_NAME, route_prefix="/")
-    return f"http://{options.host}:{options.port}"
+    serve.run(deployment.bind(tracking_uri, model_name, alias, options), name=name, route_prefix=route_prefix)
+    return f"http://{options.host}:{options.port}{route_prefix.rstrip('/')}"
 
 
 def undeploy() -> None:

@@ -98,7 +98,8 @@ class Gateway:
         return _config
 
     def _denied(self, scope: dict) -> tuple[int, str, str] | None:
-        if self.config.api_key_sha256 is None or scope["path"] in OPEN_PATHS:
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if self.config.api_key_sha256 is None or path in OPEN_PATHS:
             return None
         given = _header(scope, API_KEY_HEADER)
         if given is None:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     serve_max_batch_size: int = 8
     serve_batch_wait_ms: float = 2.0
     serve_max_body_mb: float = 256.0
+    serve_max_volume_mb: float = 1024.0
     serve_cache_size: int = 128
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("PROMPTSEG_RAY_ADDRESS", "RAY_ADDRESS"))
     mlflow_tracking_uri: str | None = Field(

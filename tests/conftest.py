@@ -13,13 +13,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 WORKSPACE = Path(tempfile.mkdtemp(prefix="promptseg-tests-"))
 RESOLUTION = 64
 TRAIN_STEPS = 300
 os.environ["PROMPTSEG_WORKSPACE"] = str(WORKSPACE)
 os.environ["PROMPTSEG_RESOLUTION"] = str(RESOLUTION)
+os.environ["PROMPTSEG_SERVE_MAX_BODY_MB"] = "16"  # small limits, so the 413 and decompression-bomb tests stay cheap
+os.environ["PROMPTSEG_SERVE_MAX_VOLUME_MB"] = "64"
 with socket.socket() as _probe:
     _probe.bind(("127.0.0.1", 0))
     os.environ["PROMPTSEG_SERVE_PORT"] = str(_probe.getsockname()[1])
@@ -86,3 +90,24 @@ def served(settings: Settings, trained: dict) -> str:
     """The trained version promoted to champion and served over HTTP; returns the base URL."""
     stages.promote(settings, version=trained["version"])
     return stages.serve(settings)
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def http_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Two prompt pairs and two queries of different native sizes: a bright disc on a darker background."""
+    folder = tmp_path_factory.mktemp("http")
+    out: dict[str, list[Path]] = {"images": [], "masks": [], "queries": []}
+    for i, (h, w) in enumerate([(70, 90), (64, 64)]):
+        yy, xx = np.mgrid[:h, :w]
+        disc = (yy - h / 2) ** 2 + (xx - w / 2 - 5 * i) ** 2 < (12 + 2 * i) ** 2
+        out["images"].append(_png(folder / f"p{i}.png", 60 + 150 * disc))
+        out["masks"].append(_png(folder / f"p{i}_mask.png", 255 * disc))
+    for j, (h, w) in enumerate([(80, 60), (50, 100)]):
+        yy, xx = np.mgrid[:h, :w]
+        out["queries"].append(_png(folder / f"q{j}.png", 60 + 150 * ((yy - h / 3) ** 2 + (xx - w / 2) ** 2 < 100)))
+    return out
