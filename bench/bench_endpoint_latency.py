@@ -30,7 +30,7 @@ from PIL import Image
 from pipelines import environment, stages
 from promptseg.checkpoint import save_model
 from promptseg.client import PromptSegClient
-from promptseg.model import build_model, model_config
+from promptseg.factory import build_model, model_config
 from promptseg.settings import Settings
 from promptseg.tracking import use_experiment
 
@@ -87,7 +87,7 @@ def main() -> None:
         with mlflow.start_run(experiment_id=experiment_id) as run:
             run_id = run.info.run_id
         version = stages.register(settings, run_id, root / "checkpoint")
-        stages.promote(settings, version)
+        stages.promote(settings, version=version)
         rng = np.random.default_rng(0)
         images, masks = [], []
         for i in range(n):

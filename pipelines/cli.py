@@ -16,7 +16,7 @@ from pipelines import environment, stages
 from promptseg.settings import Settings
 
 if TYPE_CHECKING:
-    from promptseg.client import PromptSegClient
+    from pipelines.nightly import NightlyConfig
 
 app = typer.Typer(help="PromptSeg platform: in-context medical image segmentation.", no_args_is_help=True)
 console = Console()
@@ -190,18 +190,11 @@ def serve(
         _show({"stopped_ray_head": stages.stop_serving(settings)})
         return
     if reload:
-        with _client(settings, None) as client:
+        with stages.endpoint_client(settings) as client:
             _show(client.reload().model_dump())
         return
     url = stages.serve(settings, alias)
     _show({"url": url, "docs": f"{url}/docs", "metrics": f"{url}/metrics"})
-
-
-def _client(settings: Settings, url: str | None) -> PromptSegClient:
-    from promptseg.client import PromptSegClient
-
-    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
-    return PromptSegClient(url or stages.serve_url(settings), api_key=key)
 
 
 def _labels(text: str | None) -> list[int] | None:
@@ -239,7 +232,7 @@ def query(
     options = {"labels": _labels(labels), "axis": axis, "ensemble": ensemble, "threshold": threshold}
     options |= {"uncertainty": uncertainty, "mask_format": mask_format, "volume_format": volume_format}
     try:
-        with _client(settings, url) as client:
+        with stages.endpoint_client(settings, url) as client:
             report = query_files(
                 client,
                 out,
@@ -280,6 +273,47 @@ def segment(
     predictor = Predictor(loaded.network, ensemble=ensemble)
     title = f"model v{loaded.version}"
     _show(segment_files(predictor, prompt_image, prompt_mask, query_image, out, modality, title))
+
+
+FineTune = Annotated[bool, typer.Option(help="Start from the champion's weights.")]
+Sources = Annotated[list[Path] | None, typer.Option(help="Raw dataset; default: those ingested.")]
+
+
+def _nightly_config(settings: Settings, steps: int, fine_tune: bool, source: list[Path] | None) -> NightlyConfig:
+    from pipelines.nightly import NightlyConfig
+
+    sources = [str(p.resolve()) for p in source or []]
+    return NightlyConfig(sources=sources, steps=steps, fine_tune=fine_tune, webhook_url=settings.nightly_webhook_url)
+
+
+@app.command()
+def nightly(
+    ctx: typer.Context,
+    steps: int = 300,
+    fine_tune: FineTune = False,
+    source: Sources = None,
+) -> None:
+    """Run the nightly pipeline once now: ingest → preprocess → train → gate → roll out → retention."""
+    from pipelines.nightly import nightly as nightly_flow
+
+    settings = _settings(ctx)
+    _show(nightly_flow(_nightly_config(settings, steps, fine_tune, source)))
+
+
+@app.command()
+def schedule(
+    ctx: typer.Context,
+    steps: int = 300,
+    fine_tune: FineTune = False,
+    source: Sources = None,
+) -> None:
+    """Register the nightly deployment (cron PROMPTSEG_NIGHTLY_CRON in PROMPTSEG_NIGHTLY_TIMEZONE) with the Prefect
+    API at PREFECT_API_URL and its process work pool; start a worker with `prefect worker start --pool <pool>`."""
+    from pipelines.schedule import register_nightly
+
+    settings = _settings(ctx)
+    config = _nightly_config(settings, steps, fine_tune, source)
+    _show(register_nightly(settings.nightly_cron, settings.nightly_timezone, settings.nightly_work_pool, config))
 
 
 @app.command()

@@ -87,6 +87,12 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
             method, *[f"{per_n[n]['dice']['mean']:.3f} ± {per_n[n]['dice']['sd']:.3f}" for n in sorted(per_n, key=int)]
         )
     console.print(table)
+    largest = max(evaluation["summary"][evaluation["primary"]], key=int)
+    methods = list(evaluation["summary"])
+    centers = Table(f"held-out Dice at N={largest}, per center", *methods)
+    for center, per_method in evaluation["by_center"].items():
+        centers.add_row(center, *[f"{per_method[m]['mean']:.3f}" if m in per_method else "—" for m in methods])
+    console.print(centers)
 
     console.rule("4/6 promote: the challenger replaces the champion only if it scores at least as well")
     decision = stages.promote(settings)

@@ -1,7 +1,8 @@
 """The promotion gate and hand moves of the `champion` alias.
 
-`gate` re-evaluates the challenger and the champion (`quick` profile) on the same store snapshot and the held-out
-spec recorded on the challenger, and moves `champion` only when the challenger's Dice (the network's mean at the
+`gate` compares the challenger and the champion (`quick` profile) on the same store snapshot and the held-out
+spec recorded on the challenger (scores recorded on a version under that spec and snapshot are reused, others are
+measured), and moves `champion` only when the challenger's Dice (the network's mean at the
 largest N) is at least the champion's plus `margin`; with no champion it promotes. Versions trained with another
 held-out spec are not comparable and are refused. `pin` moves the alias by hand; `rollback` returns it to the
 version it pointed at before the last move. Every move is recorded by the registry (who, when, why, both scores).
@@ -35,8 +36,10 @@ def _held_out(settings: Settings, version: str) -> list[str]:
 
 
 def _score(evaluation: dict) -> float:
-    per_n = evaluation["summary"][evaluation["primary"]]
-    return per_n[max(per_n, key=int)]["dice"]["mean"]
+    """The primary network's held-out Dice at the largest N evaluated."""
+    prefix = f"dice_{evaluation['primary']}_n"
+    n_max = max(int(key.removeprefix(prefix)) for key in evaluation["scores"] if key.startswith(prefix))
+    return evaluation["scores"][f"{prefix}{n_max}"]
 
 
 def gate(settings: Settings, margin: float = 0.0) -> dict:
@@ -58,8 +61,8 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
             f"version {challenger} was held out on {challenger_held_out} and version {champion} on "
             f"{champion_held_out}: their held-out scores are not comparable; pin by hand instead"
         )
-    challenger_eval = stages.evaluate(settings, challenger, profile="quick")
-    champion_eval = stages.evaluate(settings, champion, profile="quick")
+    challenger_eval = stages.held_out_evaluation(settings, challenger)
+    champion_eval = stages.held_out_evaluation(settings, champion)
     if challenger_eval["store_snapshot_id"] != champion_eval["store_snapshot_id"]:
         raise PromotionError("the task store changed between the two evaluations; run the gate again")
     scores = {"challenger_dice": _score(challenger_eval), "champion_dice": _score(champion_eval)}
@@ -81,6 +84,7 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
         "champion": challenger if promoted else champion,
         "reason": reason,
         "store_snapshot_id": challenger_eval["store_snapshot_id"],
+        "reused": {"challenger": challenger_eval["reused"], "champion": champion_eval["reused"]},
     }
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from promptseg.settings import Settings
 
 if TYPE_CHECKING:
-    from promptseg.serve_app import ServeOptions
+    from promptseg.client import PromptSegClient
 
 SERVE_RECORD = "serve.json"
 
@@ -143,6 +143,7 @@ def evaluate_network(
         "report_dir": str(out_dir),
         "scores": scores,
         "summary": report["summary"],
+        "by_center": report["dice_at_largest_n"]["center"],
         "primary": report["primary"],
         "spec": report["spec"],
         "store_snapshot_id": snapshot,
@@ -211,6 +212,26 @@ def evaluate(
     return {"version": loaded.version, **result}
 
 
+def held_out_evaluation(settings: Settings, model: str, profile: str = "quick") -> dict:
+    """A version's held-out evaluation under `profile` on the current store: the scores recorded on the version when
+    they were measured with the same spec on the same store snapshot (evaluation is deterministic there), else a
+    fresh `evaluate`. `reused` says which."""
+    from dataclasses import asdict
+
+    from promptseg.evaluate import eval_spec
+    from promptseg.registry import recorded_evaluation, resolve_version, version_held_out
+    from storage.task_store import TaskStore
+
+    version = resolve_version(settings.tracking_uri, settings.model_name, model)
+    held_out = version_held_out(settings.tracking_uri, settings.model_name, version) or settings.held_out
+    spec = json.loads(json.dumps(asdict(eval_spec(profile, held_out))))
+    snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
+    recorded = recorded_evaluation(settings.tracking_uri, settings.model_name, version)
+    if recorded and "primary" in recorded and (recorded["spec"], recorded["store_snapshot_id"]) == (spec, snapshot):
+        return {"version": version, **recorded, "reused": True}
+    return {**evaluate(settings, version, profile=profile), "reused": False}
+
+
 def promote(settings: Settings, *, version: str | None = None, margin: float = 0.0) -> dict:
     """With `version`, pin `champion` to it by hand; otherwise run the promotion gate (pipelines.promotion)."""
     from pipelines.promotion import gate, pin
@@ -218,47 +239,44 @@ def promote(settings: Settings, *, version: str | None = None, margin: float = 0
     return pin(settings, version) if version else gate(settings, margin)
 
 
-def serve_options(settings: Settings) -> ServeOptions:
-    from promptseg.serve_app import ServeOptions
-    from promptseg.serve_gateway import key_digest
-
-    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
-    return ServeOptions(
-        tasks_dir=str(settings.serve_tasks_dir),
-        audit_dir=str(settings.audit_dir),
-        state_file=str(settings.services_dir / "serve_model.json"),
-        host=settings.serve_host,
-        port=settings.serve_port,
-        replicas=settings.serve_replicas,
-        cpus_per_replica=settings.serve_cpus_per_replica,
-        gpus_per_replica=settings.serve_gpus_per_replica,
-        max_ongoing_requests=settings.serve_max_ongoing_requests,
-        max_queued_requests=settings.serve_max_queued_requests,
-        max_batch_size=settings.serve_max_batch_size,
-        batch_wait_ms=settings.serve_batch_wait_ms,
-        max_body_mb=settings.serve_max_body_mb,
-        max_volume_mb=settings.serve_max_volume_mb,
-        cache_size=settings.serve_cache_size,
-        api_key_sha256=key_digest(key) if key else None,
-    )
-
-
 def serve(settings: Settings, alias: str = "champion") -> str:
     """Deploy (or roll over, when it runs already) the Serve application for `models:/<name>@<alias>`."""
     from promptseg import cluster
-    from promptseg.serve_app import deploy
+    from promptseg.serve_app import deploy, options_from
 
     cluster.connect(settings.services_dir, settings.ray_address)
-    url = deploy(settings.tracking_uri, settings.model_name, alias, serve_options(settings))
+    url = deploy(settings.tracking_uri, settings.model_name, alias, options_from(settings))
     (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
     return url
 
 
-def serve_url(settings: Settings) -> str:
+def recorded_serve_url(settings: Settings) -> str | None:
+    """The URL of the endpoint this workspace started, or None."""
     path = settings.services_dir / SERVE_RECORD
-    if not path.exists():
+    return json.loads(path.read_text())["url"] if path.exists() else None
+
+
+def serve_url(settings: Settings) -> str:
+    url = recorded_serve_url(settings)
+    if url is None:
         raise RuntimeError("no endpoint recorded in this workspace: run `promptseg serve` first")
-    return json.loads(path.read_text())["url"]
+    return url
+
+
+def endpoint_client(settings: Settings, url: str | None = None) -> PromptSegClient:
+    """A client of the endpoint (`url`, else the workspace's), sending the configured API key."""
+    from promptseg.client import PromptSegClient
+
+    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    return PromptSegClient(url or serve_url(settings), api_key=key)
+
+
+def champion_checkpoint(settings: Settings) -> Path:
+    """The champion's weights and config as a checkpoint folder (to fine-tune from), fetched from the registry."""
+    from promptseg.registry import CHAMPION, download_checkpoint, resolve_version
+
+    version = resolve_version(settings.tracking_uri, settings.model_name, CHAMPION)
+    return download_checkpoint(settings.tracking_uri, settings.model_name, version, settings.root / "checkpoints")
 
 
 def stop_serving(settings: Settings) -> bool:

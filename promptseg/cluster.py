@@ -7,6 +7,7 @@ so `promptseg serve`, `query`, training and `serve --stop` in later processes al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,6 +83,42 @@ def start_head(
         time.sleep(0.5)
     (services_dir / RECORD).write_text(json.dumps({"address": address, "pid": process.pid}))
     return address
+
+
+def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "127.0.0.1") -> subprocess.Popen:
+    """Join another Ray node to the head at `address` (in its own process group; several may share one machine,
+    so every agent port is chosen free). `stop_worker_node` takes it out again."""
+    ports = {
+        name: _free_port(host)
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
+    }
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--block",
+        f"--address={address}",
+        f"--node-ip-address={host}",
+        f"--num-cpus={num_cpus}",
+        "--disable-usage-stats",
+        *(f"--{name}={port}" for name, port in ports.items()),
+    ]
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the detached child
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_worker_node(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def connect(services_dir: Path, ray_address: str | None, *, start: bool = True) -> str:

@@ -170,11 +170,41 @@ def load_version(tracking_uri: str, name: str, alias_or_version: str) -> LoadedM
     return LoadedModel(python_model.network, name, version, python_model.model_card)
 
 
+def download_checkpoint(tracking_uri: str, name: str, version: str, parent: Path) -> Path:
+    """A version's weights and config as a checkpoint folder `<parent>/<name>-v<version>` (kept if present)."""
+    folder = Path(parent) / f"{name}-v{version}"
+    if (folder / WEIGHTS).exists():
+        return folder
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=scratch))
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS, CONFIG):
+            (partial / file).write_bytes(next(local.rglob(file)).read_bytes())
+        partial.replace(folder)
+    return folder
+
+
 def tag_evaluation(tracking_uri: str, name: str, version: str, evaluation: dict) -> None:
     """Tag a version with held-out scores (`heldout_<score>`) and what they were measured on (`heldout_eval_spec`:
-    the evaluation spec and the store snapshot)."""
+    the evaluation spec, the store snapshot and the primary method)."""
     client = MlflowClient(tracking_uri)
     for key, value in evaluation["scores"].items():
-        client.set_model_version_tag(name, version, f"heldout_{key}", f"{value:.4f}")
-    measured_on = {"spec": evaluation["spec"], "store_snapshot_id": evaluation["store_snapshot_id"]}
+        client.set_model_version_tag(name, version, f"heldout_{key}", f"{value:.6f}")
+    measured_on = {
+        "spec": evaluation["spec"],
+        "store_snapshot_id": evaluation["store_snapshot_id"],
+        "primary": evaluation["primary"],
+    }
     client.set_model_version_tag(name, version, "heldout_eval_spec", json.dumps(measured_on))
+
+
+def recorded_evaluation(tracking_uri: str, name: str, version: str) -> dict | None:
+    """The held-out scores tagged on a version with the spec, store snapshot and primary method they were measured
+    with, or None if the version was never evaluated."""
+    tags = MlflowClient(tracking_uri).get_model_version(name, version).tags
+    if "heldout_eval_spec" not in tags:
+        return None
+    scores = {k.removeprefix("heldout_"): float(v) for k, v in tags.items() if k.startswith("heldout_dice_")}
+    return {**json.loads(tags["heldout_eval_spec"]), "scores": scores}

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
+from ray.serve import Application
 from ray.serve.exceptions import RayServeException
 
 from promptseg import serve_gateway
@@ -43,6 +44,7 @@ from promptseg.image_io import InvalidInput, decode_image, encode_labels, label_
 from promptseg.predictor import NORMALIZED, Predictor, Segmentation, TaskEncoding
 from promptseg.served_model import ServedModel, Serving
 from promptseg.served_tasks import ServedTasks, StoredTask, UnknownTask
+from promptseg.settings import Settings
 from promptseg.volume_io import Volume, dicom_seg_bytes, label_volume, nifti_bytes, read_volume
 from storage.harmonize import NormalizationParams, normalize_intensity
 
@@ -246,6 +248,7 @@ class PromptSegEndpoint:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _run_jobs(self, jobs: list[SegmentJob]) -> list[dict[str, list[Segmentation]] | Exception]:
         """Jobs of concurrent requests: those against the same encodings go through the network together."""
+        serve_gateway.BATCH.observe(len(jobs))
         groups: dict[Hashable, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.key, []).append(index)
@@ -464,6 +467,38 @@ def _is_loopback(host: str) -> bool:
     with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host).is_loopback
     return False
+
+
+def options_from(settings: Settings) -> ServeOptions:
+    """The deploy options the settings (PROMPTSEG_SERVE_* variables) describe."""
+    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    return ServeOptions(
+        tasks_dir=str(settings.serve_tasks_dir),
+        audit_dir=str(settings.audit_dir),
+        state_file=str(settings.services_dir / "serve_model.json"),
+        host=settings.serve_host,
+        port=settings.serve_port,
+        replicas=settings.serve_replicas,
+        cpus_per_replica=settings.serve_cpus_per_replica,
+        gpus_per_replica=settings.serve_gpus_per_replica,
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        max_queued_requests=settings.serve_max_queued_requests,
+        max_batch_size=settings.serve_max_batch_size,
+        batch_wait_ms=settings.serve_batch_wait_ms,
+        max_body_mb=settings.serve_max_body_mb,
+        max_volume_mb=settings.serve_max_volume_mb,
+        cache_size=settings.serve_cache_size,
+        api_key_sha256=serve_gateway.key_digest(key) if key else None,
+    )
+
+
+def application(args: dict[str, str] | None = None) -> Application:
+    """The application for a Serve config file or a KubeRay RayService (`import_path:
+    promptseg.serve_app:application`), configured by the PROMPTSEG_* / MLFLOW_TRACKING_URI environment of the
+    cluster's nodes; `args` may name another `alias`."""
+    settings = Settings()
+    alias = (args or {}).get("alias", "champion")
+    return PromptSegEndpoint.bind(settings.tracking_uri, settings.model_name, alias, options_from(settings))
 
 
 def deploy(

@@ -11,8 +11,8 @@ audit log line and Prometheus metrics (one ASGI middleware, `Gateway`).
 - Audit: one JSON line per request (time, request id, method, route template, status, request and response bytes,
   duration, and what the route adds in `scope["state"]["audit"]`: task id, number of queries, model version,
   error code). File names, headers, client addresses and pixel data are never written: they may identify a patient.
-- Metrics: request counts and latencies by route and status, queries segmented, task-encoding cache hits and misses,
-  in a registry of this replica's own, served as Prometheus text at /metrics.
+- Metrics: request counts and latencies by route and status, query slices segmented, requests per batch,
+  task-encoding cache hits and misses, in a registry of this replica's own, served as Prometheus text at /metrics.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 QUERIES = Counter("promptseg_query_slices", "Query slices segmented", registry=REGISTRY)
+BATCH = Histogram(
+    "promptseg_batch_requests",
+    "Requests served together by one serve.batch call",
+    buckets=(1, 2, 4, 8, 16, 32),
+    registry=REGISTRY,
+)
 CACHE = Counter("promptseg_task_cache", "Task-encoding cache lookups", ["result"], registry=REGISTRY)
 MODEL = Gauge("promptseg_model_info", "The model version this replica serves", ["name", "version"], registry=REGISTRY)
 

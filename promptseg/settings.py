@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     serve_max_body_mb: float = 256.0
     serve_max_volume_mb: float = 1024.0
     serve_cache_size: int = 128
+    nightly_cron: str = "0 2 * * *"
+    nightly_timezone: str = "UTC"
+    nightly_work_pool: str = "promptseg-process"
+    nightly_webhook_url: str | None = None
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("PROMPTSEG_RAY_ADDRESS", "RAY_ADDRESS"))
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("PROMPTSEG_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")

@@ -53,6 +53,8 @@ class TrainConfig:
     bottleneck: bool = False
     kl_weight: float = 0.01
     pretrained_encoder: str = ""
+    init_weights: str = ""  # a checkpoint folder to start from (fine-tuning), e.g. the champion's
+    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, or SPREAD over the nodes
     augment: dict = field(default_factory=dict)
     synthetic_fraction: float = 0.25
     max_prompts: int = 8
@@ -170,6 +172,8 @@ def train_loop_per_worker(raw_config: dict) -> None:
     network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck))
     if config.pretrained_encoder:
         load_pretrained_encoder(network, Path(config.pretrained_encoder))
+    if config.init_weights:
+        network.load_state_dict(load_model(Path(config.init_weights)).state_dict())
     _seed_everything(config.seed * 1000 + rank)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank + 1)
     model = prepare_model(network)
@@ -177,6 +181,9 @@ def train_loop_per_worker(raw_config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.scaled_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config))
     tracker = mlflow.MlflowClient(config.tracking_uri) if rank == 0 and config.run_id else None
+    nodes = [state["node"] for state in _gather({"node": ray.get_runtime_context().get_node_id()}, world)]
+    if tracker is not None:
+        tracker.set_tag(config.run_id, "worker_nodes", ",".join(nodes))  # the Ray node of each rank
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -347,7 +354,10 @@ def run_training(
             train_loop_per_worker,
             train_loop_config=asdict(config),
             scaling_config=ScalingConfig(
-                num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": 1}
+                num_workers=config.num_workers,
+                use_gpu=config.use_gpu,
+                resources_per_worker={"CPU": 1},
+                placement_strategy=config.placement_strategy,
             ),
             run_config=RunConfig(
                 name=run_name,

@@ -26,6 +26,8 @@ Layout (schema version 1)::
   last. Readers only follow pointers, so a half-written version is never visible (no atomic rename needed,
   which object stores lack).
 - The snapshot id hashes the metadata of every dataset's current version; training records it.
+- Retention: each dataset keeps the versions it replaced (`history`); `prune` deletes the older ones and the case
+  arrays only they listed.
 - Attributes hold no patient identifiers: sources are named by content hash, cases by their file stem.
 """
 
@@ -269,5 +271,37 @@ class TaskStore:
         self.point_current(dataset, version)
 
     def point_current(self, dataset: str, version: str) -> None:
-        """Make `version` the dataset's current version: the one small write readers follow."""
-        self._root[f"datasets/{dataset}"].attrs.update({"current_version": version})
+        """Make `version` the dataset's current version: the one small write readers follow. The version it
+        replaces goes to the end of the dataset's `history` (oldest first), which `prune` keeps from."""
+        group = self._root[f"datasets/{dataset}"]
+        previous = group.attrs.get("current_version")
+        history = [v for v in group.attrs.get("history", []) if v not in (version, previous)]
+        if previous and previous != version:
+            history.append(previous)
+        group.attrs.update({"history": history, "current_version": version})
+
+    def prune(self, keep_versions: int = 2) -> dict[str, int]:
+        """Delete every dataset version but the current one and the `keep_versions - 1` it replaced last, then the
+        case arrays no kept version lists. Readers follow current pointers only, so nothing they read goes; run it
+        when no preprocess is writing (a case written for a version not yet committed is listed by none)."""
+        removed = {"versions": 0, "cases": 0}
+        for dataset in self.datasets():
+            group = self._root[f"datasets/{dataset}"]
+            history = list(group.attrs.get("history", []))
+            kept = {
+                group.attrs["current_version"],
+                *(history[len(history) - keep_versions + 1 :] if keep_versions > 1 else []),
+            }
+            versions = self._root[f"datasets/{dataset}/versions"]
+            for name in [name for name, _ in versions.groups() if name not in kept]:
+                del versions[name]
+                removed["versions"] += 1
+            listed = {
+                case["key"] for name in kept if name in versions for case in versions[name].attrs["cases"].values()
+            }
+            cases = self._root[f"datasets/{dataset}/cases"]
+            for key in [key for key, _ in cases.groups() if key not in listed]:
+                del cases[key]
+                removed["cases"] += 1
+            group.attrs.update({"history": [v for v in history if v in kept]})
+        return removed

@@ -73,6 +73,9 @@ def test_the_gate_promotes_without_a_champion_then_only_a_better_challenger(
     assert not refused["promoted"] and refused["champion"] == better
     assert refused["challenger_dice"] < refused["champion_dice"]
     assert refused["store_snapshot_id"] == accepted["store_snapshot_id"]
+    # the champion's scores were measured by the previous gate under the same spec and snapshot: reused, not re-run
+    assert refused["reused"] == {"challenger": False, "champion": True}
+    assert refused["champion_dice"] == pytest.approx(accepted["challenger_dice"], abs=1e-6)
     assert mlflow.MlflowClient(tracking).get_model_version_by_alias(name, CHAMPION).version == int(better)
 
     moves = alias_history(tracking, name, CHAMPION)

@@ -16,12 +16,11 @@ import ray
 import torch
 from pydantic import SecretStr
 
-from pipelines import stages
 from promptseg.checkpoint import load_model, save_model
 from promptseg.client import APIError, PromptSegClient, decode_mask
 from promptseg.factory import build_model
 from promptseg.registry import CHALLENGER, CHAMPION, move_alias, register_checkpoint
-from promptseg.serve_app import InsecureBinding, deploy
+from promptseg.serve_app import InsecureBinding, deploy, options_from
 from promptseg.settings import Settings
 
 API_KEY = "test-key-not-secret"
@@ -32,7 +31,7 @@ SECURE = "promptseg-secure"
 def secure(settings: Settings, served: str) -> str:
     """The second application: API key on, one request in flight and one queued at most."""
     options = dataclasses.replace(
-        stages.serve_options(settings.model_copy(update={"serve_api_key": SecretStr(API_KEY)})),
+        options_from(settings.model_copy(update={"serve_api_key": SecretStr(API_KEY)})),
         max_ongoing_requests=1,
         max_queued_requests=1,
         max_batch_size=1,
@@ -41,7 +40,7 @@ def secure(settings: Settings, served: str) -> str:
 
 
 def test_binding_beyond_loopback_needs_an_api_key(settings: Settings) -> None:
-    options = dataclasses.replace(stages.serve_options(settings), host="0.0.0.0", api_key_sha256=None)
+    options = dataclasses.replace(options_from(settings), host="0.0.0.0", api_key_sha256=None)
     with pytest.raises(InsecureBinding, match="API key"):
         deploy(settings.tracking_uri, settings.model_name, CHAMPION, options)
 
@@ -137,10 +136,20 @@ def test_concurrent_clients_get_the_answers_of_one_client(served: str, http_file
             response = own.segment_task(task.task_id, [http_files["queries"][index % 2]])
         return [decode_mask(m, [1]) for m in response.masks]
 
+    before = _batches(served)
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(call, range(18)))
     for index, (mask,) in enumerate(answers):
         assert np.mean(mask == alone[index % 2]) > 0.999
+    after = _batches(served)
+    assert after[1] - before[1] == 18 and after[0] - before[0] < 18  # requests went through the network together
+
+
+def _batches(url: str) -> tuple[float, float]:
+    """(batches, requests batched) so far, from the replica's metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    value = dict(line.split() for line in text.splitlines() if line.startswith("promptseg_batch_requests_"))
+    return float(value["promptseg_batch_requests_count"]), float(value["promptseg_batch_requests_sum"])
 
 
 def test_metrics_count_requests_by_route_and_status(served: str) -> None:

@@ -85,6 +85,20 @@ def test_store_round_trip_index_and_versions(tmp_path: Path) -> None:
     assert store.has_complete_version("ds", "v1")  # old versions stay, immutable
 
 
+def test_prune_keeps_the_current_and_recent_versions_and_the_cases_they_list(tmp_path: Path) -> None:
+    store = TaskStore.open(str(tmp_path / "store.zarr"), 32, create=True)
+    meta = {"labels": {"4": "lesion"}, "center": "c", "modality": "CT", "fingerprint": {}, "normalization": {}}
+    summaries = {key: _write_case(store, "ds", key, f"case-{key}", 2, 4)[0] for key in ("a", "b", "c")}
+    store.commit_version("ds", "v1", meta, [summaries["a"]])
+    store.commit_version("ds", "v2", meta, [summaries["b"]])
+    store.commit_version("ds", "v3", meta, [summaries["b"], summaries["c"]])
+    snapshot = store.snapshot_id()
+    assert store.prune(keep_versions=2) == {"versions": 1, "cases": 1}  # v1 and case a, which only v1 listed
+    assert store.has_complete_version("ds", "v2") and not store.has_complete_version("ds", "v1")
+    assert store.snapshot_id() == snapshot and len(store.tasks()[0].slices) > 0  # readers see no change
+    assert store.prune(keep_versions=1) == {"versions": 1, "cases": 0}  # case b is still listed by v3
+
+
 def test_store_urls_go_through_fsspec(tmp_path: Path) -> None:
     store = TaskStore.open("memory://promptseg-test-store", 32, create=True)
     summary, images = _write_case(store, "ds", "key", "case", 2, 1)
