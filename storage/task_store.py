@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -99,7 +100,11 @@ def _tensorstore_kvstore(url: str, path: str) -> dict | None:
     if parsed.scheme in ("", "file"):
         return {"driver": "file", "path": f"{Path(parsed.path or url).resolve()}/{path}"}
     if parsed.scheme == "s3":
-        return {"driver": "s3", "bucket": parsed.netloc, "path": f"{parsed.path.strip('/')}/{path}".lstrip("/")}
+        spec = {"driver": "s3", "bucket": parsed.netloc, "path": f"{parsed.path.strip('/')}/{path}".lstrip("/")}
+        if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+            # an S3-compatible server (MinIO, moto, ...), as fsspec/botocore read it from the same variables
+            spec |= {"endpoint": endpoint, "aws_region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        return spec
     return None
 
 

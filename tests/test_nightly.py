@@ -60,10 +60,14 @@ def nightly_settings(
 
 @pytest.fixture(scope="module")
 def endpoint(nightly_settings: Settings, trained: dict) -> str:
-    """An untrained network registered as the champion of `promptseg-nightly`, served at /nightly."""
+    """An untrained network (all weights zero: probability 0.5 everywhere, so empty masks) registered as the
+    champion of `promptseg-nightly`, served at /nightly."""
     folder = nightly_settings.root / "untrained"
-    torch.manual_seed(5)
-    save_model(build_model(load_model(Path(trained["checkpoint"])).config), folder)
+    network = build_model(load_model(Path(trained["checkpoint"])).config)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+    save_model(network, folder)
     version = register_checkpoint(folder, trained["run_id"], nightly_settings.tracking_uri, MODEL)
     move_alias(nightly_settings.tracking_uri, MODEL, CHAMPION, version, reason="nightly test: untrained champion")
     options = options_from(nightly_settings)
@@ -71,7 +75,7 @@ def endpoint(nightly_settings: Settings, trained: dict) -> str:
 
 
 def _config(raw_sources: list[Path], url: str, **overrides: object) -> NightlyConfig:
-    smoke = {"steps": 120, "retention": RetentionLimits(keep_checkpoints=1, keep_unpromoted=0)}
+    smoke = {"steps": 40, "retention": RetentionLimits(keep_checkpoints=1, keep_unpromoted=0)}
     return NightlyConfig(sources=[str(source) for source in raw_sources], endpoint_url=url, **(smoke | overrides))
 
 
