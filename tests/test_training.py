@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -85,7 +86,8 @@ def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(set
     assert {"center-a", "center-b", "center-c"} <= set(results["dice_at_largest_n"]["center"])
     client = MlflowClient(settings.tracking_uri)
     tags = client.get_model_version(settings.model_name, trained["version"]).tags
-    assert float(tags["heldout_dice_promptseg_n8"]) == round(evaluation["scores"]["dice_promptseg_n8"], 4)
+    tagged = float(tags["heldout_dice_promptseg_n8"])
+    assert tagged == pytest.approx(evaluation["scores"]["dice_promptseg_n8"], abs=1e-6)
     measured_on = json.loads(tags["heldout_eval_spec"])
     assert measured_on["spec"]["profile"] == "quick" and measured_on["spec"]["held_out"] == ["kidney*"]
     assert measured_on["store_snapshot_id"] == tags["store_snapshot_id"]
