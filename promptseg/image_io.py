@@ -103,12 +103,16 @@ def label_masks(name: str, array: np.ndarray, labels: list[int] | None) -> dict[
     return {value: (array == value).astype(np.uint8) for value in labels}
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def encode_labels(label_map: np.ndarray, labels: list[int], mask_format: str) -> bytes:
     """A label map as PNG or NPY; a binary result (labels [1]) is written {0, 255} in a PNG so it can be viewed."""
     if mask_format == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, label_map, allow_pickle=False)
-        return buffer.getvalue()
+        return npy_bytes(label_map)
     if labels == [1]:
         return encode_png(label_map)
     buffer = io.BytesIO()

@@ -12,6 +12,7 @@ answered as a typed 4xx JSON error naming the file; an unknown task id is a 404.
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import ipaddress
 import time
 import uuid
@@ -40,7 +41,7 @@ from promptseg.api_models import (
     TaskInfo,
     VolumeResult,
 )
-from promptseg.image_io import InvalidInput, decode_image, encode_labels, label_masks
+from promptseg.image_io import InvalidInput, decode_image, encode_labels, label_masks, npy_bytes
 from promptseg.predictor import NORMALIZED, Predictor, Segmentation, TaskEncoding
 from promptseg.served_model import ServedModel, Serving
 from promptseg.served_tasks import ServedTasks, StoredTask, UnknownTask
@@ -200,7 +201,7 @@ def _uncertainty(results: dict[str, list[Segmentation]], indices: range | list[i
 
 
 def _npy_base64(array: np.ndarray) -> str:
-    return base64.b64encode(encode_labels(array, [], "npy")).decode()
+    return base64.b64encode(npy_bytes(array)).decode()
 
 
 def _fractions(label_map: np.ndarray, labels: list[int]) -> dict[str, float]:
@@ -407,7 +408,7 @@ class PromptSegEndpoint:
                 intensity = NormalizationParams(source.modality, *(ct_window or (None, None)))
             axis = source.default_axis if axis is None else axis
             normalized = normalize_intensity(source.array, intensity)
-            slices = Volume(source.name, normalized, source.kind, source.default_axis).slices(axis)
+            slices = dataclasses.replace(source, array=normalized).slices(axis)
             job = SegmentJob(key, serving.predictor, encodings, slices, NORMALIZED, threshold)
         else:
             job = SegmentJob(key, serving.predictor, encodings, [a for _, a in query_arrays], intensity, threshold)
