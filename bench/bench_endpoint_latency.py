@@ -28,11 +28,11 @@ import torch
 from PIL import Image
 
 from pipelines import environment, stages
-from promptseg.checkpoint import save_model
-from promptseg.client import PromptSegClient
-from promptseg.factory import build_model, model_config
-from promptseg.settings import Settings
-from promptseg.tracking import use_experiment
+from pipelines.settings import Settings
+from promptseg.nets.checkpoint import save_model
+from promptseg.nets.factory import build_model, model_config
+from promptseg.registry.tracking import use_experiment
+from promptseg.serving.client import PromptSegClient
 
 
 def _latencies(call: Callable[[], object], requests: int) -> list[float]:
@@ -79,11 +79,11 @@ def main() -> None:
     r, n = args.resolution, args.prompts
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        settings = Settings(workspace=root / "ws", resolution=r, serve_port=args.port)
+        settings = Settings(workspace=root / "ws", resolution=r, serve={"port": args.port})
         environment.prepare(settings)
         torch.manual_seed(0)
         save_model(build_model(model_config("tiny", r)), root / "checkpoint")
-        experiment_id = use_experiment(settings.tracking_uri, "bench", settings.artifact_root)
+        experiment_id = use_experiment(settings.registry.tracking_uri, "bench", settings.registry.artifact_root)
         with mlflow.start_run(experiment_id=experiment_id) as run:
             run_id = run.info.run_id
         version = stages.register(settings, run_id, root / "checkpoint")

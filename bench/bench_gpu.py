@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from promptseg.factory import build_model, model_config
-from promptseg.losses import segmentation_loss
-from promptseg.predictor import MODEL_GRID, Predictor
+from promptseg.inference.predictor import MODEL_GRID, Predictor
+from promptseg.nets.factory import build_model, model_config
+from promptseg.nets.losses import segmentation_loss
 
 
 def _timed(function, repeats: int) -> float:

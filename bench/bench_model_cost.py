@@ -15,7 +15,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from promptseg.factory import MODEL_SIZES, build_model, model_config
+from promptseg.nets.factory import MODEL_SIZES, build_model, model_config
 
 
 def _flops(function, *args) -> tuple[int, object]:

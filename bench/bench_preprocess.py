@@ -27,19 +27,21 @@ def main() -> None:
         root = Path(folder)
         os.environ["PROMPTSEG_WORKSPACE"] = str(root / "ingest")
         from pipelines import environment, stages
-        from promptseg.settings import Settings
+        from pipelines.settings import Settings
         from storage.synthetic import write_synthetic_datasets
 
         base = Settings(resolution=args.resolution)
         environment.prepare(base)
         sources = write_synthetic_datasets(root / "raw", n_cases=args.cases, seed=0)
         ingested = stages.ingest(base, sources)
-        records = [json.loads(p.read_text()) for p in base.raw_dir.glob("*.json")]
+        records = [json.loads(p.read_text()) for p in base.data.raw_dir.glob("*.json")]
         cases = sum(len(r["cases"]) for r in records)
         voxel_bytes = sum(4 * int(np.prod(c["shape"])) for r in records for c in r["cases"])
         for workers in (1, 2):
-            settings = Settings(workspace=root / f"w{workers}", resolution=args.resolution, dask_workers=workers)
-            shutil.copytree(base.raw_dir, settings.raw_dir)
+            settings = Settings(
+                workspace=root / f"w{workers}", resolution=args.resolution, data={"dask_workers": workers}
+            )
+            shutil.copytree(base.data.raw_dir, settings.data.raw_dir)
             start = time.perf_counter()
             report = stages.preprocess(settings)
             seconds = time.perf_counter() - start

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from promptseg.factory import build_model, model_config
-from promptseg.predictor import Predictor
+from promptseg.inference.predictor import Predictor
+from promptseg.nets.factory import build_model, model_config
 
 
 def _seconds(repeats: int, function, *args) -> list[float]:

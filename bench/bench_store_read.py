@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         settings = prepared_workspace(Path(folder), args.resolution, n_cases=6)
-        from promptseg.task_augment import TaskAugmentConfig, augment_batch
+        from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
         from storage.sampler import EpisodeSampler, split_tasks
         from storage.task_store import TaskStore
 

@@ -1,6 +1,6 @@
 """The `promptseg` command line: one subcommand per platform stage, plus `demo`.
 
-Settings come from PROMPTSEG_* variables (promptseg.settings); `--workspace` and `--resolution` override them.
+Settings come from PROMPTSEG_* variables (pipelines.settings); `--workspace` and `--resolution` override them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from pipelines import environment, stages
-from promptseg.settings import Settings
+from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from pipelines.nightly import NightlyConfig
@@ -165,11 +165,11 @@ def promote(
 ) -> None:
     """Promote the challenger if it beats the champion on the same held-out evaluation (or pin, roll back, list)."""
     from pipelines import promotion
-    from promptseg.registry import CHAMPION, alias_history
+    from promptseg.registry.versions import CHAMPION, alias_history
 
     settings = _settings(ctx)
     if history:
-        _show(alias_history(settings.tracking_uri, settings.model_name, CHAMPION))
+        _show(alias_history(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION))
     elif rollback:
         _show(promotion.rollback(settings))
     else:
@@ -224,7 +224,7 @@ def query(
     """Segment 2D queries and/or a volume through the HTTP endpoint, against prompt pairs or a registered task;
     write mask files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and uncertainty maps to OUT."""
     from pipelines.querying import query_files
-    from promptseg.client import APIError
+    from promptseg.serving.client import APIError
 
     if not (query_image or volume):
         raise typer.BadParameter("give --query files or a --volume")
@@ -265,11 +265,11 @@ def segment(
     """Segment query images in this process (no endpoint) with a registered version; masks, uncertainty maps and
     overlays are written to OUT."""
     from pipelines.querying import segment_files
-    from promptseg.predictor import Predictor
-    from promptseg.registry import load_version
+    from promptseg.inference.predictor import Predictor
+    from promptseg.registry.versions import load_version
 
     settings = _settings(ctx)
-    loaded = load_version(settings.tracking_uri, settings.model_name, model)
+    loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, model)
     predictor = Predictor(loaded.network, ensemble=ensemble)
     title = f"model v{loaded.version}"
     _show(segment_files(predictor, prompt_image, prompt_mask, query_image, out, modality, title))
@@ -283,7 +283,7 @@ def _nightly_config(settings: Settings, steps: int, fine_tune: bool, source: lis
     from pipelines.nightly import NightlyConfig
 
     sources = [str(p.resolve()) for p in source or []]
-    return NightlyConfig(sources=sources, steps=steps, fine_tune=fine_tune, webhook_url=settings.nightly_webhook_url)
+    return NightlyConfig(sources=sources, steps=steps, fine_tune=fine_tune, webhook_url=settings.nightly.webhook_url)
 
 
 @app.command()
@@ -313,7 +313,7 @@ def schedule(
 
     settings = _settings(ctx)
     config = _nightly_config(settings, steps, fine_tune, source)
-    _show(register_nightly(settings.nightly_cron, settings.nightly_timezone, settings.nightly_work_pool, config))
+    _show(register_nightly(settings.nightly.cron, settings.nightly.timezone, settings.nightly.work_pool, config))
 
 
 @app.command()

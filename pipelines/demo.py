@@ -19,10 +19,10 @@ from rich.table import Table
 
 from pipelines import stages
 from pipelines.querying import query_files
-from promptseg.baselines import mean_prompt_mask
-from promptseg.client import PromptSegClient
-from promptseg.metrics import dice_score
-from promptseg.settings import Settings
+from pipelines.settings import Settings
+from promptseg.evaluation.baselines import mean_prompt_mask
+from promptseg.evaluation.metrics import dice_score
+from promptseg.serving.client import PromptSegClient
 from storage.sampler import choose_prompts_and_queries, read_episode, split_tasks
 from storage.synthetic import write_synthetic_datasets
 from storage.task_store import Task, TaskStore
@@ -104,7 +104,7 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
 
     console.rule("6/6 query held-out tasks over HTTP (prompts and queries from different cases)")
     store = TaskStore.open(settings.store, settings.resolution)
-    _, held_out = split_tasks(store.tasks(), settings.held_out, store.resolution)
+    _, held_out = split_tasks(store.tasks(), settings.training.held_out, store.resolution)
     results = Table("held-out task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
     example = None
     client = PromptSegClient(url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from promptseg.settings import Settings
+from pipelines.settings import Settings
 
 
 def prepare(settings: Settings) -> None:

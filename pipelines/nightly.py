@@ -37,8 +37,8 @@ from pydantic import BaseModel, Field
 from pipelines import stages
 from pipelines.promotion import gate, pin
 from pipelines.retention import RetentionLimits, apply_retention
-from promptseg.settings import Settings
-from promptseg.tracking import use_experiment
+from pipelines.settings import Settings
+from promptseg.registry.tracking import use_experiment
 
 NIGHTLY_LIMIT = "promptseg-nightly"
 
@@ -93,7 +93,7 @@ def single_run():
 def _sources(settings: Settings, config: NightlyConfig) -> list[str]:
     if config.sources:
         return config.sources
-    return sorted({json.loads(path.read_text())["source"] for path in settings.raw_dir.glob("*.json")})
+    return sorted({json.loads(path.read_text())["source"] for path in settings.data.raw_dir.glob("*.json")})
 
 
 def _ingest(settings: Settings, config: NightlyConfig, _: dict) -> dict:
@@ -171,8 +171,10 @@ def _markdown(step: str, outcome: dict) -> str:
 
 def _record(settings: Settings, report: dict) -> str:
     """The run's MLflow record: one tag per step outcome, the gate's scores as metrics, the report as JSON."""
-    experiment_id = use_experiment(settings.tracking_uri, f"{settings.experiment}-nightly", settings.artifact_root)
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment_id = use_experiment(
+        settings.registry.tracking_uri, f"{settings.registry.experiment}-nightly", settings.registry.artifact_root
+    )
+    mlflow.set_tracking_uri(settings.registry.tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=report["name"]) as run:
         mlflow.set_tags({"status": report["status"], "failed_step": report.get("failed_step", "")})
         for step, outcome in report["steps"].items():

@@ -15,7 +15,8 @@ import json
 from mlflow import MlflowClient
 
 from pipelines import stages
-from promptseg.registry import (
+from pipelines.settings import Settings
+from promptseg.registry.versions import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
@@ -24,7 +25,6 @@ from promptseg.registry import (
     move_alias,
     version_held_out,
 )
-from promptseg.settings import Settings
 
 
 class PromotionError(Exception):
@@ -32,7 +32,10 @@ class PromotionError(Exception):
 
 
 def _held_out(settings: Settings, version: str) -> list[str]:
-    return version_held_out(settings.tracking_uri, settings.model_name, version) or settings.held_out
+    return (
+        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, version)
+        or settings.training.held_out
+    )
 
 
 def _score(evaluation: dict) -> float:
@@ -44,7 +47,7 @@ def _score(evaluation: dict) -> float:
 
 def gate(settings: Settings, margin: float = 0.0) -> dict:
     """Promote the challenger if it beats the champion by `margin`; returns the decision."""
-    tracking, name = settings.tracking_uri, settings.model_name
+    tracking, name = settings.registry.tracking_uri, settings.registry.model_name
     challenger = alias_version(tracking, name, CHALLENGER)
     if challenger is None:
         raise RegistryError(f"model {name!r} has no {CHALLENGER} to promote")
@@ -90,13 +93,13 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
 
 def pin(settings: Settings, version: str, reason: str = "pinned by hand") -> dict:
     """Point `champion` at `version` without evaluation (e.g. a rollback)."""
-    record = move_alias(settings.tracking_uri, settings.model_name, CHAMPION, version, reason=reason)
+    record = move_alias(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, version, reason=reason)
     return {"promoted": True, "champion": record["to_version"], "champion_before": record["from_version"], **record}
 
 
 def rollback(settings: Settings) -> dict:
     """Return `champion` to the version it pointed at before its last move."""
-    history = alias_history(settings.tracking_uri, settings.model_name, CHAMPION)
+    history = alias_history(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION)
     if not history or history[-1]["from_version"] is None:
-        raise RegistryError(f"model {settings.model_name!r} has no earlier champion to roll back to")
+        raise RegistryError(f"model {settings.registry.model_name!r} has no earlier champion to roll back to")
     return pin(settings, history[-1]["from_version"], reason=f"rollback from v{history[-1]['to_version']}")

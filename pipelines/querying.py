@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from promptseg.api_models import MaskResult, SegmentResponse, VolumeResult
-from promptseg.client import PromptSegClient, decode_mask, decode_uncertainty, volume_upload
-from promptseg.evaluate import overlay_png
-from promptseg.image_io import binary_mask, decode_image, encode_labels
-from promptseg.predictor import Predictor
-from promptseg.volume_io import read_label_volume, read_volume
+from promptseg.evaluation.heldout import overlay_png
+from promptseg.inference.image_io import binary_mask, decode_image, encode_labels
+from promptseg.inference.predictor import Predictor
+from promptseg.inference.volume_io import read_label_volume, read_volume
+from promptseg.serving.api_models import MaskResult, SegmentResponse, VolumeResult
+from promptseg.serving.client import PromptSegClient, decode_mask, decode_uncertainty, volume_upload
 from storage.harmonize import NormalizationParams, normalize_intensity
 
 

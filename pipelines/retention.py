@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 from mlflow import MlflowClient
 from pydantic import BaseModel
 
-from promptseg.registry import CHAMPION, alias_history
-from promptseg.settings import Settings
+from pipelines.settings import Settings
+from promptseg.registry.versions import CHAMPION, alias_history
 from storage.task_store import TaskStore
 
 
@@ -41,12 +41,12 @@ def _prune_folders(parent: Path, keep: int) -> int:
 
 
 def _delete_unpromoted(settings: Settings, keep: int) -> list[str]:
-    client = MlflowClient(settings.tracking_uri)
-    name = settings.model_name
+    client = MlflowClient(settings.registry.tracking_uri)
+    name = settings.registry.model_name
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         return []
     aliased = {str(version) for version in client.get_registered_model(name).aliases.values()}
-    ever_champion = {str(move["to_version"]) for move in alias_history(settings.tracking_uri, name, CHAMPION)}
+    ever_champion = {str(move["to_version"]) for move in alias_history(settings.registry.tracking_uri, name, CHAMPION)}
     versions = sorted({str(v.version) for v in client.search_model_versions(f"name = '{name}'")}, key=int)
     candidates = [version for version in versions if version not in aliased | ever_champion]
     deleted = []
@@ -75,12 +75,12 @@ def _prune_prefect_results(settings: Settings, days: float) -> int:
 
 def apply_retention(settings: Settings, limits: RetentionLimits) -> dict:
     """Apply every rule; returns what each removed."""
-    ray_storage = Path(settings.ray_storage)
+    ray_storage = Path(settings.training.ray_storage)
     store = TaskStore.open(settings.store, settings.resolution)
     return {
         "checkpoint_folders": _prune_folders(settings.root / "checkpoints", limits.keep_checkpoints),
         "ray_run_folders": _prune_folders(ray_storage, limits.keep_checkpoints)
-        if "://" not in settings.ray_storage
+        if "://" not in settings.training.ray_storage
         else 0,
         "store": store.prune(limits.keep_store_versions),
         "deleted_versions": _delete_unpromoted(settings, limits.keep_unpromoted),

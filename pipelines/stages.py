@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptseg.settings import Settings
+from pipelines.settings import Settings
 
 if TYPE_CHECKING:
-    from promptseg.client import PromptSegClient
+    from promptseg.serving.client import PromptSegClient
 
 SERVE_RECORD = "serve.json"
 
@@ -34,21 +34,21 @@ def verify(sources: list[Path]) -> dict[str, list[dict]]:
 def ingest(settings: Settings, sources: list[Path]) -> dict:
     from pipelines.flows import ingest_flow
 
-    return ingest_flow([str(s) for s in sources], str(settings.raw_dir), str(settings.secret_path))
+    return ingest_flow([str(s) for s in sources], str(settings.data.raw_dir), str(settings.data.secret_path))
 
 
 def preprocess(settings: Settings, datasets: list[str] | None = None) -> dict:
     from pipelines.flows import dask_runner, preprocess_flow
 
-    runner = dask_runner(settings.dask_address, settings.dask_workers)
+    runner = dask_runner(settings.data.dask_address, settings.data.dask_workers)
     return preprocess_flow.with_options(task_runner=runner)(
-        str(settings.raw_dir),
+        str(settings.data.raw_dir),
         settings.store,
         settings.resolution,
         datasets,
-        settings.axes,
-        settings.empty_fraction,
-        settings.ct_window,
+        settings.data.axes,
+        settings.data.empty_fraction,
+        settings.data.ct_window,
     )
 
 
@@ -61,14 +61,14 @@ def train(
     evaluate: bool = True,
     **options: Any,
 ) -> dict:
-    """Train on Ray (options are `promptseg.train.TrainConfig` fields: steps, size, num_workers, …), run the `quick`
+    """Train on Ray (options are `promptseg.training.loop.TrainConfig` fields: steps, size, num_workers, …), run the `quick`
     held-out evaluation on the result (logged to the run) and register it as the challenger with those scores.
     `resume=True` continues the run named `run_name` from its last checkpoint."""
-    from promptseg import cluster
-    from promptseg.checkpoint import load_model
-    from promptseg.evaluate import eval_spec
-    from promptseg.registry import register_checkpoint
-    from promptseg.train import TrainConfig, run_training
+    from pipelines import cluster
+    from promptseg.evaluation.heldout import eval_spec
+    from promptseg.nets.checkpoint import load_model
+    from promptseg.registry.versions import register_checkpoint
+    from promptseg.training.loop import TrainConfig, run_training
 
     if resume and not run_name:
         raise ValueError("resuming needs the name of the run to continue")
@@ -76,17 +76,17 @@ def train(
     config = TrainConfig(
         store_url=settings.store,
         resolution=settings.resolution,
-        held_out=settings.held_out,
-        tracking_uri=settings.tracking_uri,
+        held_out=settings.training.held_out,
+        tracking_uri=settings.registry.tracking_uri,
         **options,
     )
     result = run_training(
         config,
         run_name=run_name or time.strftime("train-%Y%m%d-%H%M%S"),
-        ray_storage=settings.ray_storage,
+        ray_storage=settings.training.ray_storage,
         checkpoints_dir=settings.root / "checkpoints",
-        experiment=settings.experiment,
-        artifact_root=settings.artifact_root,
+        experiment=settings.registry.experiment,
+        artifact_root=settings.registry.artifact_root,
         resume=resume,
     )
     outcome: dict[str, Any] = {
@@ -102,15 +102,19 @@ def train(
         outcome["evaluation"] = evaluate_network(settings, network, spec, out_dir, result.run_id)
     if register:
         outcome["version"] = register_checkpoint(
-            result.checkpoint_dir, result.run_id, settings.tracking_uri, settings.model_name, outcome.get("evaluation")
+            result.checkpoint_dir,
+            result.run_id,
+            settings.registry.tracking_uri,
+            settings.registry.model_name,
+            outcome.get("evaluation"),
         )
     return outcome
 
 
 def register(settings: Settings, run_id: str, checkpoint: Path) -> str:
-    from promptseg.registry import register_checkpoint
+    from promptseg.registry.versions import register_checkpoint
 
-    return register_checkpoint(checkpoint, run_id, settings.tracking_uri, settings.model_name)
+    return register_checkpoint(checkpoint, run_id, settings.registry.tracking_uri, settings.registry.model_name)
 
 
 def evaluate_network(
@@ -125,8 +129,8 @@ def evaluate_network(
     `run_id`. Supervised UNets are kept per store snapshot under workspace/baselines for reuse."""
     import mlflow
 
-    from promptseg.evaluate import evaluate as run_evaluation
-    from promptseg.evaluate import headline_scores
+    from promptseg.evaluation.heldout import evaluate as run_evaluation
+    from promptseg.evaluation.heldout import headline_scores
     from storage.task_store import TaskStore
 
     store = TaskStore.open(settings.store, network.config.resolution)
@@ -134,7 +138,7 @@ def evaluate_network(
     supervised_cache = settings.root / "baselines" / f"supervised-{snapshot}"
     report = run_evaluation(network, store, spec, out_dir, others, supervised_cache)
     scores = headline_scores(report)
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.registry.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
         mlflow.log_dict({"spec": report["spec"], "store_snapshot_id": snapshot}, f"evaluation-{spec.profile}/spec.json")
@@ -189,12 +193,15 @@ def evaluate(
     Scores are logged to the version's run and tagged on the version."""
     from mlflow import MlflowClient
 
-    from promptseg.checkpoint import load_model
-    from promptseg.evaluate import eval_spec
-    from promptseg.registry import load_version, tag_evaluation, version_held_out
+    from promptseg.evaluation.heldout import eval_spec
+    from promptseg.nets.checkpoint import load_model
+    from promptseg.registry.versions import load_version, tag_evaluation, version_held_out
 
-    loaded = load_version(settings.tracking_uri, settings.model_name, model)
-    held_out = version_held_out(settings.tracking_uri, settings.model_name, loaded.version) or settings.held_out
+    loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, model)
+    held_out = (
+        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, loaded.version)
+        or settings.training.held_out
+    )
     spec = eval_spec(profile, held_out, **overrides)
     folders = list(baselines or [])
     if profile == "full" and loaded.network.config.architecture != "universeg":
@@ -205,10 +212,14 @@ def evaluate(
         name = network.config.architecture
         taken = name in others or name == loaded.network.config.architecture
         others[Path(folder).name if taken else name] = network
-    out_dir = settings.reports_dir / f"{settings.model_name}-v{loaded.version}-{profile}"
-    run_id = MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, loaded.version).run_id
+    out_dir = settings.reports_dir / f"{settings.registry.model_name}-v{loaded.version}-{profile}"
+    run_id = (
+        MlflowClient(settings.registry.tracking_uri)
+        .get_model_version(settings.registry.model_name, loaded.version)
+        .run_id
+    )
     result = evaluate_network(settings, loaded.network, spec, out_dir, run_id, others)
-    tag_evaluation(settings.tracking_uri, settings.model_name, loaded.version, result)
+    tag_evaluation(settings.registry.tracking_uri, settings.registry.model_name, loaded.version, result)
     return {"version": loaded.version, **result}
 
 
@@ -218,15 +229,18 @@ def held_out_evaluation(settings: Settings, model: str, profile: str = "quick") 
     fresh `evaluate`. `reused` says which."""
     from dataclasses import asdict
 
-    from promptseg.evaluate import eval_spec
-    from promptseg.registry import recorded_evaluation, resolve_version, version_held_out
+    from promptseg.evaluation.heldout import eval_spec
+    from promptseg.registry.versions import recorded_evaluation, resolve_version, version_held_out
     from storage.task_store import TaskStore
 
-    version = resolve_version(settings.tracking_uri, settings.model_name, model)
-    held_out = version_held_out(settings.tracking_uri, settings.model_name, version) or settings.held_out
+    version = resolve_version(settings.registry.tracking_uri, settings.registry.model_name, model)
+    held_out = (
+        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, version)
+        or settings.training.held_out
+    )
     spec = json.loads(json.dumps(asdict(eval_spec(profile, held_out))))
     snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
-    recorded = recorded_evaluation(settings.tracking_uri, settings.model_name, version)
+    recorded = recorded_evaluation(settings.registry.tracking_uri, settings.registry.model_name, version)
     if recorded and "primary" in recorded and (recorded["spec"], recorded["store_snapshot_id"]) == (spec, snapshot):
         return {"version": version, **recorded, "reused": True}
     return {**evaluate(settings, version, profile=profile), "reused": False}
@@ -241,11 +255,11 @@ def promote(settings: Settings, *, version: str | None = None, margin: float = 0
 
 def serve(settings: Settings, alias: str = "champion") -> str:
     """Deploy (or roll over, when it runs already) the Serve application for `models:/<name>@<alias>`."""
-    from promptseg import cluster
-    from promptseg.serve_app import deploy, options_from
+    from pipelines import cluster
+    from promptseg.serving.app import deploy, options_from
 
     cluster.connect(settings.services_dir, settings.ray_address)
-    url = deploy(settings.tracking_uri, settings.model_name, alias, options_from(settings))
+    url = deploy(settings.registry.tracking_uri, settings.registry.model_name, alias, options_from(settings))
     (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
     return url
 
@@ -265,26 +279,28 @@ def serve_url(settings: Settings) -> str:
 
 def endpoint_client(settings: Settings, url: str | None = None) -> PromptSegClient:
     """A client of the endpoint (`url`, else the workspace's), sending the configured API key."""
-    from promptseg.client import PromptSegClient
+    from promptseg.serving.client import PromptSegClient
 
-    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    key = settings.serve.api_key.get_secret_value() if settings.serve.api_key else None
     return PromptSegClient(url or serve_url(settings), api_key=key)
 
 
 def champion_checkpoint(settings: Settings) -> Path:
     """The champion's weights and config as a checkpoint folder (to fine-tune from), fetched from the registry."""
-    from promptseg.registry import CHAMPION, download_checkpoint, resolve_version
+    from promptseg.registry.versions import CHAMPION, download_checkpoint, resolve_version
 
-    version = resolve_version(settings.tracking_uri, settings.model_name, CHAMPION)
-    return download_checkpoint(settings.tracking_uri, settings.model_name, version, settings.root / "checkpoints")
+    version = resolve_version(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION)
+    return download_checkpoint(
+        settings.registry.tracking_uri, settings.registry.model_name, version, settings.root / "checkpoints"
+    )
 
 
 def stop_serving(settings: Settings) -> bool:
-    from promptseg import cluster
+    from pipelines import cluster
 
     record = settings.services_dir / SERVE_RECORD
     if cluster.recorded_head(settings.services_dir) is not None or settings.ray_address:
-        from promptseg.serve_app import undeploy
+        from promptseg.serving.app import undeploy
 
         cluster.connect(settings.services_dir, settings.ray_address, start=False)
         undeploy()

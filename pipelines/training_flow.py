@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines import stages
-from promptseg.settings import Settings
+from pipelines.settings import Settings
 
 
 def _summary(outcome: dict) -> str:

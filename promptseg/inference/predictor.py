@@ -1,0 +1,247 @@
+"""The predictor: the one entry point to a trained network for evaluation, serving and the CLI.
+
+`encode_task(prompt_images, prompt_masks, modality)` harmonizes native 2D prompt pairs with the recipe of
+`storage.harmonize` (contract 2) and encodes them once; the `TaskEncoding` it returns can be cached and
+serialized to bytes. `segment(task, queries, modality)` harmonizes the queries, runs them in batches against the
+encoding and maps every probability map back to its query's native grid, with a mask and a per-pixel
+uncertainty. `modality` is a modality name (per-image percentiles, 8-bit images scaled), a `NormalizationParams`
+(e.g. a CT window), `NORMALIZED` for native-size arrays already in [0, 1] (slices of a volume normalized as a
+whole), or `MODEL_GRID` for arrays that already are model input (R×R in [0, 1], e.g. task-store slices).
+
+Ensembling: with `ensemble=K > 1`, a task is encoded K times, each from a random subset of its prompts
+(`subset_fraction` of them); probabilities are averaged. The uncertainty map is the binary entropy (bits, in
+[0, 1]) of the averaged probability, so it grows where the members disagree as well as where each is unsure.
+Several labels of the same prompt images encode and segment in one batched call (`encode_labels`,
+`segment_labels`). CPU and CUDA (bf16 autocast) alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from promptseg.inference.errors import InvalidInput
+from promptseg.nets.factory import ENCODINGS
+from storage.harmonize import NormalizationParams, SliceGeometry, from_model_grid, normalize_intensity, to_model_grid
+
+MODEL_GRID = "model-grid"
+NORMALIZED = "normalized"
+Intensity = str | NormalizationParams
+
+
+@dataclass(frozen=True)
+class TaskEncoding:
+    """A task's prompts encoded by one network: K ensemble members along the encoding's batch axis."""
+
+    encoding: NamedTuple
+    n_prompts: int
+    model_id: str
+
+    @property
+    def members(self) -> int:
+        return int(self.encoding[0].shape[0])
+
+    def to_bytes(self) -> bytes:
+        tensors = {name: value.contiguous() for name, value in self.encoding._asdict().items()}
+        metadata = {"encoding": type(self.encoding).__name__, "n_prompts": str(self.n_prompts), "model": self.model_id}
+        return save_tensors(tensors, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One query's result on its native grid: foreground probability, mask (0/1) and uncertainty (bits)."""
+
+    probability: np.ndarray
+    mask: np.ndarray
+    uncertainty: np.ndarray
+
+
+def _model_id(network: nn.Module) -> str:
+    return json.dumps(network.config.to_dict(), sort_keys=True)
+
+
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+
+
+class Predictor:
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        ensemble: int = 1,
+        subset_fraction: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if ensemble < 1 or not 0 < subset_fraction <= 1:
+            raise ValueError(f"ensemble must be ≥ 1 and subset_fraction in (0, 1], got {ensemble}, {subset_fraction}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network = network.eval().to(self.device)
+        self.resolution: int = network.config.resolution
+        self.n_max: int = network.config.n_max
+        self.batch_size = batch_size
+        self.ensemble = ensemble
+        self.subset_fraction = subset_fraction
+        self.seed = seed
+        self.model_id = _model_id(network)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _to_grid(self, image: np.ndarray, modality: Intensity, name: str) -> tuple[np.ndarray, SliceGeometry | None]:
+        """A native 2D image → (R×R model input, geometry to map results back; None for MODEL_GRID input)."""
+        if image.ndim != 2:
+            raise InvalidInput(name, f"expected a 2D image, got shape {image.shape}")
+        if not np.isfinite(image).all():
+            raise InvalidInput(name, "contains NaN or infinite values")
+        if modality == MODEL_GRID:
+            if image.shape != (self.resolution, self.resolution):
+                raise InvalidInput(name, f"model-grid input must be {self.resolution}×{self.resolution}")
+            return image.astype(np.float32), None
+        if modality == NORMALIZED:
+            normalized = image.astype(np.float32)
+        else:
+            params = modality if isinstance(modality, NormalizationParams) else NormalizationParams(modality)
+            normalized = normalize_intensity(image, params)
+        grid, geometry = to_model_grid(normalized[None], self.resolution)
+        return grid[0], geometry
+
+    def _mask_to_grid(self, mask: np.ndarray, modality: Intensity) -> np.ndarray:
+        if modality == MODEL_GRID:
+            return mask.astype(np.float32)
+        return to_model_grid(mask[None].astype(np.float32), self.resolution, label=True)[0][0]
+
+    def _check_prompts(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        if not len(images):
+            raise InvalidInput("prompt_images", "at least one prompt pair is required")
+        if len(images) != len(masks):
+            raise InvalidInput("prompt_masks", f"{len(images)} prompt images but {len(masks)} prompt masks")
+        if len(images) > self.n_max:
+            raise InvalidInput("prompt_images", f"at most {self.n_max} prompts, got {len(images)}")
+        for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if image.shape != mask.shape:
+                raise InvalidInput(f"prompt_masks[{index}]", f"mask shape {mask.shape} != image shape {image.shape}")
+            if not np.isin(mask, (0, 1)).all():
+                raise InvalidInput(f"prompt_masks[{index}]", "mask is not binary (values other than 0 and 1)")
+
+    def _subsets(self, n: int, ensemble: int) -> list[np.ndarray]:
+        """The ensemble's prompt subsets: all prompts once, or K random subsets of `subset_fraction` of them."""
+        size = max(1, math.ceil(n * self.subset_fraction))
+        if ensemble == 1 or size == n:
+            return [np.arange(n)]
+        rng = np.random.default_rng([self.seed, n])
+        return [np.sort(rng.choice(n, size, replace=False)) for _ in range(ensemble)]
+
+    def encode_labels(
+        self,
+        prompt_images: Sequence[np.ndarray],
+        masks_by_label: dict[str, Sequence[np.ndarray]],
+        modality: Intensity,
+        ensemble: int | None = None,
+    ) -> dict[str, TaskEncoding]:
+        """One task per label over the same prompt images, encoded in one batched call (`ensemble` members each,
+        the predictor's default unless given)."""
+        ensemble = ensemble or self.ensemble
+        if ensemble < 1:
+            raise InvalidInput("ensemble", f"ensemble must be ≥ 1, got {ensemble}")
+        if not masks_by_label:
+            raise InvalidInput("prompt_masks", "no label to segment")
+        for label, masks in masks_by_label.items():
+            try:
+                self._check_prompts(prompt_images, masks)
+            except InvalidInput as error:
+                raise InvalidInput(f"{error.file} (label {label})" if label else error.file, error.problem) from None
+        images = np.stack([self._to_grid(im, modality, f"prompt_images[{i}]")[0] for i, im in enumerate(prompt_images)])
+        subsets = self._subsets(len(images), ensemble)
+        labels = list(masks_by_label)
+        masks = np.stack([np.stack([self._mask_to_grid(m, modality) for m in masks_by_label[lb]]) for lb in labels])
+        image_batch = torch.from_numpy(np.stack([images[s] for _ in labels for s in subsets]))[:, :, None]
+        mask_batch = torch.from_numpy(np.stack([masks[i][s] for i in range(len(labels)) for s in subsets]))[:, :, None]
+        with torch.inference_mode(), self._autocast():
+            encoding = self.network.encode_prompts(image_batch.to(self.device), mask_batch.to(self.device))
+        k = len(subsets)
+        return {
+            label: TaskEncoding(type(encoding)(*(t[i * k : (i + 1) * k] for t in encoding)), len(images), self.model_id)
+            for i, label in enumerate(labels)
+        }
+
+    def encode_task(
+        self,
+        prompt_images: Sequence[np.ndarray],
+        prompt_masks: Sequence[np.ndarray],
+        modality: Intensity,
+        ensemble: int | None = None,
+    ) -> TaskEncoding:
+        return self.encode_labels(prompt_images, {"": prompt_masks}, modality, ensemble)[""]
+
+    def task_from_bytes(self, data: bytes) -> TaskEncoding:
+        """A serialized task encoding, refused unless this predictor's network produced it."""
+        try:
+            tensors = load_tensors(data)
+            header_length = int.from_bytes(data[:8], "little")
+            metadata = json.loads(data[8 : 8 + header_length])["__metadata__"]
+        except Exception as error:
+            raise InvalidInput("task", f"not a serialized task encoding ({error})") from error
+        if metadata.get("model") != self.model_id:
+            raise InvalidInput("task", "the task was encoded by a different model; encode it again")
+        encoding_type = ENCODINGS[metadata["encoding"]]
+        encoding = encoding_type(**{name: tensors[name].to(self.device) for name in encoding_type._fields})
+        return TaskEncoding(encoding, int(metadata["n_prompts"]), self.model_id)
+
+    def segment_labels(
+        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
+    ) -> dict[str, list[Segmentation]]:
+        """Segment the same queries for several tasks; tasks of equal encoding shape run in one batch."""
+        if not len(queries):
+            raise InvalidInput("queries", "at least one query is required")
+        for task in tasks.values():
+            if task.model_id != self.model_id:
+                raise InvalidInput("task", "the task was encoded by a different model; encode it again")
+        grids = [self._to_grid(q, modality, f"queries[{i}]") for i, q in enumerate(queries)]
+        query_grid = torch.from_numpy(np.stack([grid for grid, _ in grids]))[:, None]  # (Q, 1, R, R)
+        shapes = {tuple(t.encoding[0].shape) for t in tasks.values()}
+        groups = [list(tasks)] if len(shapes) == 1 else [[label] for label in tasks]
+        probabilities: dict[str, torch.Tensor] = {}
+        for group in groups:
+            encoding = type(tasks[group[0]].encoding)(
+                *(torch.cat(parts) for parts in zip(*(tasks[label].encoding for label in group), strict=True))
+            )
+            members = tasks[group[0]].members
+            chunks = []
+            for start in range(0, len(queries), self.batch_size):
+                chunk = query_grid[start : start + self.batch_size].to(self.device)
+                batch = chunk[None].expand(encoding[0].shape[0], *chunk.shape)
+                with torch.inference_mode(), self._autocast():
+                    logits = self.network.segment(encoding, batch)
+                chunks.append(torch.sigmoid(logits.float())[:, :, 0].unflatten(0, (len(group), members)).mean(1))
+            for index, label in enumerate(group):
+                probabilities[label] = torch.cat([c[index] for c in chunks]).cpu()
+        return {
+            label: [self._native(p, geometry, threshold) for p, (_, geometry) in zip(probs, grids, strict=True)]
+            for label, probs in probabilities.items()
+        }
+
+    def segment(
+        self, task: TaskEncoding, queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
+    ) -> list[Segmentation]:
+        return self.segment_labels({"": task}, queries, modality, threshold)[""]
+
+    @staticmethod
+    def _native(probability: torch.Tensor, geometry: SliceGeometry | None, threshold: float) -> Segmentation:
+        uncertainty = _binary_entropy(probability)
+        maps = torch.stack([probability, uncertainty]).numpy()
+        if geometry is not None:
+            maps = from_model_grid(maps, geometry)
+        return Segmentation(maps[0], (maps[0] > threshold).astype(np.uint8), maps[1])

@@ -1,0 +1,44 @@
+"""The serving stage's settings: `PROMPTSEG_SERVE_*` variables (bind address, replicas and their resources,
+request limits, batching, the task-encoding cache, the API key) and the workspace folders every replica shares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTSEG_SERVE_", extra="ignore", populate_by_name=True)
+
+    workspace: Path = Field(Path(".promptseg"), validation_alias="PROMPTSEG_WORKSPACE", description="the root's")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: SecretStr | None = None
+    replicas: int = 1
+    cpus_per_replica: float = 0.25
+    gpus_per_replica: float = 0.0
+    max_ongoing_requests: int = 8
+    max_queued_requests: int = 32
+    max_batch_size: int = 8
+    batch_wait_ms: float = 2.0
+    max_body_mb: float = 256.0
+    max_volume_mb: float = 1024.0
+    cache_size: int = 128
+
+    @property
+    def tasks_dir(self) -> Path:
+        """Tasks registered with the endpoint (their prompts), shared by every replica."""
+        return self.workspace.expanduser().resolve() / "serve_tasks"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The endpoint's audit log (one JSON line per request, no patient data)."""
+        return self.workspace.expanduser().resolve() / "audit"
+
+    @property
+    def state_file(self) -> Path:
+        """The model version the replicas serve (every replica checks it before each request)."""
+        return self.workspace.expanduser().resolve() / "services" / "serve_model.json"

@@ -1,0 +1,28 @@
+"""The training stage's settings: the held-out spec (`PROMPTSEG_HELD_OUT`: tasks never trained on) and where Ray
+Train keeps run folders and checkpoints (`PROMPTSEG_RAY_STORAGE_URL`: a folder or s3://…; default in the workspace).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTSEG_", extra="ignore", populate_by_name=True)
+
+    workspace: Path = Field(Path(".promptseg"), validation_alias="PROMPTSEG_WORKSPACE", description="the root's")
+    held_out: list[str] = ["kidney*"]
+    ray_storage_url: str | None = None
+
+    @property
+    def ray_storage(self) -> str:
+        """Ray Train's run storage (checkpoints): a local folder or s3://bucket/prefix."""
+        return self.ray_storage_url or str(self.workspace.expanduser().resolve() / "ray_results")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Final checkpoints of finished runs, one folder per run name."""
+        return self.workspace.expanduser().resolve() / "checkpoints"

@@ -1,0 +1,229 @@
+"""The served endpoint over real HTTP (Ray Serve on the session's Ray head) and the `promptseg query` CLI."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.settings import Settings
+from promptseg.serving.client import APIError, PromptSegClient, decode_mask
+from promptseg.serving.served_tasks import ServedTasks
+
+
+def test_health_and_model_info(served: str, trained: dict) -> None:
+    with PromptSegClient(served) as client:
+        assert client.healthz().model_version == trained["version"]
+        info = client.model_info()
+    assert info.alias == "champion" and info.version == trained["version"]
+    assert info.model_card["license"] == "Apache-2.0"
+    assert httpx.get(f"{served}/docs").status_code == 200
+
+
+def test_segment_returns_masks_on_each_query_grid(
+    served: str, trained: dict, http_files: dict[str, list[Path]]
+) -> None:
+    with PromptSegClient(served) as client:
+        response = client.segment(http_files["images"], http_files["masks"], http_files["queries"], modality="MR")
+    assert response.model_version == trained["version"] and response.n_prompts == 2
+    shapes = [decode_mask(m, response.labels).shape for m in response.masks]
+    assert shapes == [(80, 60), (50, 100)] and [(m.height, m.width) for m in response.masks] == shapes
+    assert response.labels == [1] and response.ensemble == 1
+    assert set(response.timings_ms) == {"decode", "encode_prompts", "segment", "encode_result"}
+
+
+def test_a_registered_task_segments_like_inline_prompts_until_deleted(
+    settings: Settings, served: str, http_files: dict[str, list[Path]]
+) -> None:
+    with PromptSegClient(served) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], modality="MR")
+        assert client.create_task(http_files["images"], http_files["masks"], modality="MR") == task  # content-addressed
+        assert client.get_task(task.task_id) == task and task.n_prompts == 2
+        cached = client.segment_task(task.task_id, http_files["queries"])
+        inline = client.segment(http_files["images"], http_files["masks"], http_files["queries"], modality="MR")
+        assert cached.task_id == task.task_id and cached.n_prompts == 2
+        assert [m.mask_base64 for m in cached.masks] == [m.mask_base64 for m in inline.masks]
+        stored = ServedTasks(settings.serve.tasks_dir).get(task.task_id)  # what a restarted replica reads
+        assert stored.modality == "MR" and stored.n_prompts == 2
+        client.delete_task(task.task_id)
+        for call in (
+            lambda: client.segment_task(task.task_id, http_files["queries"]),
+            lambda: client.get_task("f" * 32),
+        ):
+            with pytest.raises(APIError) as raised:
+                call()
+            assert raised.value.status == 404 and raised.value.code == "unknown_task"
+    image = ("p.png", http_files["images"][0].read_bytes())
+    both = httpx.post(
+        f"{served}/v1/segment",
+        files=[("prompt_images", image), ("queries", ("q.png", http_files["queries"][0].read_bytes()))],
+        data={"task_id": task.task_id},
+        timeout=60,
+    )
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str, str | None]]:
+    """Every kind of bad input of issue 6: (multipart fields, error code, words the message must hold)."""
+    image = ("p.png", http_files["images"][0].read_bytes())
+    mask = ("m.png", http_files["masks"][0].read_bytes())
+    query = ("q.png", http_files["queries"][0].read_bytes())
+    prompts = {"prompt_images": [image], "prompt_masks": [mask]}
+    grey = io.BytesIO()
+    Image.fromarray(np.arange(70 * 90).reshape(70, 90).astype(np.uint8)).save(grey, format="PNG")
+    huge = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(huge, format="PNG")  # 25 Mpixel of zeros: a few kB that would inflate
+    bomb_header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(bomb_header, {"descr": "<f8", "fortran_order": False, "shape": (10**5,) * 2})
+    nifti = nib.Nifti1Image(np.zeros((32, 32, 8), np.float32), np.eye(4))
+    nifti_gz = gzip.compress(nifti.to_bytes())
+    gzip_bomb = gzip.compress(bytes(65 << 20), 9)  # inflates past the 64 MB volume limit of the test settings
+    return {
+        "missing prompt masks": ({"prompt_images": [image], "queries": [query]}, "invalid_input", "give a task_id"),
+        "zero prompts and no task": ({"queries": [query]}, "invalid_input", "give a task_id"),
+        "missing queries": (prompts, "invalid_input", "2D queries or one volume"),
+        "not an image": (
+            {"prompt_images": [("x.txt", b"hello")], "prompt_masks": [mask], "queries": [query]},
+            "invalid_input",
+            "not a PNG or NPY image",
+        ),
+        "empty file": ({**prompts, "queries": [("q.png", b"")]}, "invalid_input", "empty"),
+        "truncated PNG": ({**prompts, "queries": [("q.png", query[1][:60])]}, "invalid_input", "unreadable PNG"),
+        "PNG decompression bomb": ({**prompts, "queries": [("q.png", huge.getvalue())]}, "invalid_input", "exceeds"),
+        "NPY decompression bomb": (
+            {**prompts, "queries": [("q.npy", bomb_header.getvalue())]},
+            "invalid_input",
+            "exceeds",
+        ),
+        "wrong number of dimensions": (
+            {**prompts, "queries": [("q.npy", _npy(np.zeros((3, 8, 8))))]},
+            "invalid_input",
+            "expected a 2D image",
+        ),
+        "mask not binary": (
+            {"prompt_images": [image], "prompt_masks": [("g.png", grey.getvalue())], "queries": [query]},
+            "invalid_input",
+            "mask is not binary",
+        ),
+        "label map of fractions": (
+            {
+                "prompt_images": [image],
+                "prompt_masks": [("f.npy", _npy(np.full((70, 90), 0.5)))],
+                "queries": [query],
+                "labels": "1",
+            },
+            "invalid_input",
+            "whole numbers",
+        ),
+        "size mismatch": (
+            {
+                "prompt_images": [image],
+                "prompt_masks": [("m.png", http_files["masks"][1].read_bytes())],
+                "queries": [query],
+            },
+            "invalid_input",
+            "mask shape",
+        ),
+        "NaN query": ({**prompts, "queries": [("n.npy", _npy(np.full((8, 8), np.nan)))]}, "invalid_input", "NaN"),
+        "unknown task": ({"task_id": "f" * 32, "queries": [query]}, "unknown_task", "no task"),
+        "bad threshold": ({**prompts, "queries": [query], "threshold": "1.5"}, "invalid_request", "threshold"),
+        "truncated NIfTI": (
+            {**prompts, "volume": [("v.nii.gz", nifti_gz[: len(nifti_gz) // 2])]},
+            "invalid_input",
+            "truncated",
+        ),
+        "gzip decompression bomb": (
+            {**prompts, "volume": [("v.nii.gz", gzip_bomb)]},
+            "invalid_input",
+            "decompression bomb",
+        ),
+        "2D NIfTI": (
+            {**prompts, "volume": [("v.nii", nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)).to_bytes())]},
+            "invalid_input",
+            "expected a 3D volume",
+        ),
+        "zip path traversal": (
+            {**prompts, "volume": [("s.zip", _zip({"../../etc/x.dcm": b"x"}))]},
+            "invalid_input",
+            "path traversal",
+        ),
+        "zip decompression bomb": (
+            {**prompts, "volume": [("s.zip", _zip({"a.dcm": bytes(65 << 20)}))]},
+            "invalid_input",
+            "decompression bomb",
+        ),
+        "zip of no DICOM": (
+            {**prompts, "volume": [("s.zip", _zip({"a.dcm": b"hello"}))]},
+            "invalid_input",
+            "not a DICOM file",
+        ),
+        "not a volume": ({**prompts, "volume": [("v.bin", b"0" * 400)]}, "invalid_input", "not a NIfTI volume"),
+    }
+
+
+def test_every_bad_input_gets_a_typed_4xx_json_naming_the_problem(
+    served: str, http_files: dict[str, list[Path]]
+) -> None:
+    for name, (fields, code, message) in _bad_inputs(http_files).items():
+        upload = [(k, v) for k, items in fields.items() if isinstance(items, list) for v in items]
+        form = {k: v for k, v in fields.items() if isinstance(v, str)}
+        response = httpx.post(f"{served}/v1/segment", files=upload or None, data=form, timeout=60)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:300])
+        error = response.json()["error"]
+        assert error["code"] == code, (name, error)
+        if message:
+            assert message in error["message"] or message in (error["file"] or ""), (name, error)
+    assert httpx.get(f"{served}/healthz").status_code == 200  # and the endpoint is still there
+
+
+def test_query_cli_writes_masks_and_overlays(
+    settings: Settings, served: str, http_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    arguments = ["query", "--out", str(tmp_path), "--modality", "MR"]
+    for image, mask in zip(http_files["images"], http_files["masks"], strict=True):
+        arguments += ["--prompt-image", str(image), "--prompt-mask", str(mask)]
+    for query in http_files["queries"]:
+        arguments += ["--query", str(query)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(tmp_path / "q1_mask.png")).shape == (50, 100)
+    assert (tmp_path / "q0_overlay.png").stat().st_size > 1000
+
+
+def test_segment_cli_runs_the_predictor_in_process(
+    settings: Settings, served: str, http_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """`promptseg segment` loads the champion and ensembles over prompt subsets, writing uncertainty maps too."""
+    arguments = ["segment", "--out", str(tmp_path), "--modality", "MR", "--ensemble", "3"]
+    for image, mask in zip(http_files["images"], http_files["masks"], strict=True):
+        arguments += ["--prompt-image", str(image), "--prompt-mask", str(mask)]
+    for query in http_files["queries"]:
+        arguments += ["--query", str(query)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(tmp_path / "q1_mask.png")).shape == (50, 100)
+    assert np.asarray(Image.open(tmp_path / "q0_uncertainty.png")).shape == (80, 60)
+    assert (tmp_path / "q0_overlay.png").stat().st_size > 1000

@@ -1,0 +1,195 @@
+"""Operating the endpoint over real HTTP: the API key, overload answers, a replica restart, concurrent clients
+(batched per replica), a reload after the champion alias moves, and the metrics. A second application
+(`/secure`: API key, one request at a time) shares the session's Ray Serve and task folder with the main one."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import torch
+from pydantic import SecretStr
+
+from pipelines.settings import Settings
+from promptseg.nets.checkpoint import load_model, save_model
+from promptseg.nets.factory import build_model
+from promptseg.registry.versions import CHALLENGER, CHAMPION, move_alias, register_checkpoint
+from promptseg.serving.app import InsecureBinding, deploy, options_from
+from promptseg.serving.client import APIError, PromptSegClient, decode_mask
+
+API_KEY = "test-key-not-secret"
+SECURE = "promptseg-secure"
+
+
+@pytest.fixture(scope="module")
+def secure(settings: Settings, served: str) -> str:
+    """The second application: API key on, one request in flight and one queued at most."""
+    options = dataclasses.replace(
+        options_from(settings.model_copy(update={"serve_api_key": SecretStr(API_KEY)})),
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+        max_batch_size=1,
+    )
+    return deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options, SECURE, "/secure")
+
+
+def test_binding_beyond_loopback_needs_an_api_key(settings: Settings) -> None:
+    options = dataclasses.replace(options_from(settings), host="0.0.0.0", api_key_sha256=None)
+    with pytest.raises(InsecureBinding, match="API key"):
+        deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options)
+
+
+def test_the_api_key_guards_every_route_but_health(secure: str, served: str, http_files: dict[str, list[Path]]) -> None:
+    assert httpx.get(f"{secure}/healthz").status_code == 200
+    assert httpx.get(f"{served}/v1/model").status_code == 200  # the main app has no key (loopback only)
+    missing, wrong = httpx.get(f"{secure}/v1/model"), httpx.get(f"{secure}/v1/model", headers={"X-API-Key": "x"})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (401, "missing_api_key")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (403, "wrong_api_key")
+    with PromptSegClient(secure, api_key=API_KEY) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], "MR")
+        assert client.model_info().alias == CHAMPION
+    for method, path in (("DELETE", f"/v1/tasks/{task.task_id}"), ("POST", "/v1/reload"), ("GET", "/metrics")):
+        assert httpx.request(method, f"{secure}{path}").status_code == 401, path
+    with PromptSegClient(secure, api_key=API_KEY) as client:
+        assert client.get_task(task.task_id) == task  # the refused delete deleted nothing
+        with pytest.raises(APIError) as raised:
+            PromptSegClient(secure, api_key="wrong").delete_task(task.task_id)
+        assert raised.value.status == 403
+
+
+def test_bodies_over_the_limit_get_413_before_decoding(served: str) -> None:
+    too_big = bytes(17 << 20)  # the test settings limit bodies to 16 MB
+    declared = httpx.post(f"{served}/v1/segment", files=[("queries", ("q.npy", too_big))], timeout=60)
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "body_too_large"
+
+    def chunks():  # a multipart body streamed without a Content-Length: cut off while it arrives
+        yield b'--b\r\nContent-Disposition: form-data; name="queries"; filename="q.npy"\r\n\r\n'
+        for _ in range(17):
+            yield bytes(1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    form = {"content-type": "multipart/form-data; boundary=b"}
+    streamed = httpx.post(f"{served}/v1/segment", content=chunks(), headers=form, timeout=60)
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "body_too_large", streamed.text
+
+
+def test_overload_is_answered_quickly_with_503(secure: str, raw_sources: list[Path], http_files: dict) -> None:
+    volume = raw_sources[0] / "imagesTr" / "center-a_000_0000.nii.gz"
+    fields = [("volume", (volume.name, volume.read_bytes()))]
+    fields += [("prompt_images", (p.name, p.read_bytes())) for p in http_files["images"]]
+    fields += [("prompt_masks", (p.name, p.read_bytes())) for p in http_files["masks"]]
+
+    def call(_: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        response = httpx.post(f"{secure}/v1/segment", files=fields, headers={"X-API-Key": API_KEY}, timeout=120)
+        return response.status_code, time.perf_counter() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(8)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    slowest_success = max(seconds for status, seconds in answers if status == 200)
+    assert all(seconds < slowest_success for status, seconds in answers if status == 503)  # refused, not queued
+
+
+def _replica_names(app_name: str) -> set[str]:
+    return {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(f"SERVE_REPLICA::{app_name}#")
+    }
+
+
+def test_a_task_survives_a_replica_restart(secure: str, served: str, http_files: dict[str, list[Path]]) -> None:
+    with PromptSegClient(served) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], "MR")
+        before = client.segment_task(task.task_id, http_files["queries"])
+    (replica,) = _replica_names(SECURE)
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ((names := _replica_names(SECURE)) and replica not in names):
+        time.sleep(0.5)
+    assert names and replica not in names  # Serve replaced the killed replica with another
+    assert httpx.get(f"{secure}/healthz", timeout=120).status_code == 200  # answered once it is up
+    with PromptSegClient(secure, api_key=API_KEY, retries=10) as client:
+        after = client.segment_task(task.task_id, http_files["queries"])  # re-encoded from the durable prompts
+        metrics = client.metrics()
+    assert [m.mask_base64 for m in after.masks] == [m.mask_base64 for m in before.masks]
+    assert 'promptseg_task_cache_total{result="miss"} 1.0' in metrics
+
+
+def test_concurrent_clients_get_the_answers_of_one_client(served: str, http_files: dict[str, list[Path]]) -> None:
+    with PromptSegClient(served) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], "MR")
+        alone = [decode_mask(m, [1]) for m in client.segment_task(task.task_id, http_files["queries"]).masks]
+
+    def call(index: int) -> list[np.ndarray]:
+        with PromptSegClient(served) as own:
+            response = own.segment_task(task.task_id, [http_files["queries"][index % 2]])
+        return [decode_mask(m, [1]) for m in response.masks]
+
+    before = _batches(served)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, range(18)))
+    for index, (mask,) in enumerate(answers):
+        assert np.mean(mask == alone[index % 2]) > 0.999
+    after = _batches(served)
+    assert after[1] - before[1] == 18 and after[0] - before[0] < 18  # requests went through the network together
+
+
+def _batches(url: str) -> tuple[float, float]:
+    """(batches, requests batched) so far, from the replica's metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    value = dict(line.split() for line in text.splitlines() if line.startswith("promptseg_batch_requests_"))
+    return float(value["promptseg_batch_requests_count"]), float(value["promptseg_batch_requests_sum"])
+
+
+def test_metrics_count_requests_by_route_and_status(served: str) -> None:
+    httpx.get(f"{served}/v1/tasks/{'0' * 32}")
+    text = httpx.get(f"{served}/metrics").text
+    assert 'promptseg_requests_total{route="/v1/tasks/{task_id}",status="404"}' in text
+    assert "promptseg_request_seconds_bucket" in text and "promptseg_model_info{" in text
+
+
+def test_a_reload_after_the_alias_moves_swaps_the_model_without_failing_requests(
+    settings: Settings, served: str, trained: dict, http_files: dict[str, list[Path]]
+) -> None:
+    tracking, name = settings.registry.tracking_uri, settings.registry.model_name
+    folder = settings.root / "checkpoints" / "reload-untrained"
+    torch.manual_seed(3)
+    save_model(build_model(load_model(Path(trained["checkpoint"])).config), folder)
+    new = register_checkpoint(folder, trained["run_id"], tracking, name)
+    old = trained["version"]
+    with PromptSegClient(served) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], "MR")
+        before = client.segment_task(task.task_id, http_files["queries"])
+        assert before.model_version == old
+
+        def hammer(_: int) -> str:
+            with PromptSegClient(served) as own:
+                return own.segment_task(task.task_id, http_files["queries"][:1]).model_version
+
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                in_flight = pool.map(hammer, range(12))
+                move_alias(tracking, name, CHAMPION, new, reason="reload test")
+                reload = client.reload()
+                versions = list(in_flight)  # every request in flight answered (an error would raise here)
+            assert reload.changed and (reload.previous_version, reload.model_version) == (old, new)
+            assert set(versions) <= {old, new}
+            cached = client.segment_task(task.task_id, http_files["queries"])
+            inline = client.segment(http_files["images"], http_files["masks"], http_files["queries"], modality="MR")
+            assert cached.model_version == inline.model_version == new == client.healthz().model_version
+            assert [m.mask_base64 for m in cached.masks] == [m.mask_base64 for m in inline.masks]  # not stale
+            assert [m.mask_base64 for m in cached.masks] != [m.mask_base64 for m in before.masks]
+        finally:
+            move_alias(tracking, name, CHAMPION, old, reason="reload test restores the champion")
+            move_alias(tracking, name, CHALLENGER, old, reason="reload test restores the challenger")
+            client.reload()
+        assert client.segment_task(task.task_id, http_files["queries"]).model_version == old

@@ -1,0 +1,117 @@
+"""The predictor: native-size results, cached and serialized task encodings, ensembles, several labels, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg.inference.errors import InvalidInput
+from promptseg.inference.predictor import MODEL_GRID, Predictor
+from promptseg.nets.factory import build_model, model_config
+
+R = 64
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(build_model(model_config("tiny", R)), device="cpu", batch_size=2)
+
+
+def _disc_images(count: int, shape: tuple[int, int], seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(count):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        cy, cx = rng.uniform(0.3, 0.7) * shape[0], rng.uniform(0.3, 0.7) * shape[1]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.15 * min(shape)) ** 2
+        images.append((rng.normal(60, 5, shape) + 120 * disc).astype(np.float32))
+        masks.append(disc.astype(np.uint8))
+    return images, masks
+
+
+def test_results_come_back_on_each_query_grid(predictor: Predictor) -> None:
+    images, masks = _disc_images(3, (70, 90), 0)
+    queries = [_disc_images(1, shape, 1)[0][0] for shape in [(80, 60), (50, 100), (64, 64)]]
+    results = predictor.segment(predictor.encode_task(images, masks, "MR"), queries, "MR")
+    assert [r.mask.shape for r in results] == [(80, 60), (50, 100), (64, 64)]
+    for result in results:
+        assert result.probability.shape == result.uncertainty.shape == result.mask.shape
+        assert result.mask.dtype == np.uint8 and set(np.unique(result.mask)) <= {0, 1}
+        assert result.uncertainty.min() >= 0 and result.uncertainty.max() <= 1
+
+
+def test_batched_queries_equal_one_at_a_time(predictor: Predictor) -> None:
+    images, masks = _disc_images(2, (64, 64), 2)
+    queries = _disc_images(5, (64, 64), 3)[0]
+    task = predictor.encode_task(images, masks, "MR")
+    batched = predictor.segment(task, queries, "MR")
+    single = [predictor.segment(task, [q], "MR")[0] for q in queries]
+    for a, b in zip(batched, single, strict=True):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)
+
+
+def test_serialized_task_gives_the_same_output(predictor: Predictor) -> None:
+    images, masks = _disc_images(4, (64, 64), 4)
+    queries = _disc_images(2, (64, 64), 5)[0]
+    task = predictor.encode_task(images, masks, "CT")
+    restored = predictor.task_from_bytes(task.to_bytes())
+    assert restored.n_prompts == 4
+    for a, b in zip(predictor.segment(task, queries, "CT"), predictor.segment(restored, queries, "CT"), strict=True):
+        np.testing.assert_array_equal(a.probability, b.probability)
+    other = Predictor(build_model(model_config("tiny", R, n_max=32)), device="cpu")
+    with pytest.raises(InvalidInput, match="different model"):
+        other.task_from_bytes(task.to_bytes())
+    with pytest.raises(InvalidInput, match="not a serialized task encoding"):
+        predictor.task_from_bytes(b"garbage")
+
+
+def test_ensemble_over_prompt_subsets(predictor: Predictor) -> None:
+    images, masks = _disc_images(6, (64, 64), 6)
+    queries = _disc_images(2, (64, 64), 7)[0]
+    ensemble = Predictor(predictor.network, device="cpu", ensemble=4, seed=1)
+    task = ensemble.encode_task(images, masks, "MR")
+    assert task.members == 4 and task.n_prompts == 6
+    first, again = (
+        ensemble.segment(task, queries, "MR"),
+        ensemble.segment(ensemble.encode_task(images, masks, "MR"), queries, "MR"),
+    )
+    np.testing.assert_allclose(first[0].probability, again[0].probability, atol=1e-6)
+    single = predictor.segment(predictor.encode_task(images, masks, "MR"), queries, "MR")
+    assert not np.allclose(first[0].probability, single[0].probability)
+
+
+def test_several_labels_in_one_call_match_separate_calls(predictor: Predictor) -> None:
+    images, discs = _disc_images(3, (64, 64), 8)
+    rings = [np.logical_and(m == 0, np.roll(m, 6, axis=1) == 1).astype(np.uint8) for m in discs]
+    queries = _disc_images(2, (64, 64), 9)[0]
+    tasks = predictor.encode_labels(images, {"disc": discs, "ring": rings}, "MR")
+    together = predictor.segment_labels(tasks, queries, "MR")
+    for label, masks in {"disc": discs, "ring": rings}.items():
+        alone = predictor.segment(predictor.encode_task(images, masks, "MR"), queries, "MR")
+        for a, b in zip(together[label], alone, strict=True):
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)
+
+
+def test_bad_input_raises_invalid_input_naming_the_field(predictor: Predictor) -> None:
+    images, masks = _disc_images(2, (64, 64), 10)
+    with pytest.raises(InvalidInput, match="prompt_images: at least one prompt pair"):
+        predictor.encode_task([], [], "MR")
+    with pytest.raises(InvalidInput, match="prompt_masks: 2 prompt images but 1 prompt masks"):
+        predictor.encode_task(images, masks[:1], "MR")
+    with pytest.raises(InvalidInput, match=r"prompt_masks\[1\]: mask is not binary"):
+        predictor.encode_task(images, [masks[0], masks[1] * 3], "MR")
+    with pytest.raises(InvalidInput, match=r"prompt_masks\[0\]: mask shape"):
+        predictor.encode_task(images, [masks[0][:10], masks[1]], "MR")
+    nan_image = images[0].copy()
+    nan_image[3, 3] = np.nan
+    with pytest.raises(InvalidInput, match=r"prompt_images\[0\]: contains NaN"):
+        predictor.encode_task([nan_image, images[1]], masks, "MR")
+    task = predictor.encode_task(images, masks, "MR")
+    with pytest.raises(InvalidInput, match=r"queries\[0\]: contains NaN"):
+        predictor.segment(task, [nan_image], "MR")
+    with pytest.raises(InvalidInput, match=r"queries\[0\]: model-grid input must be 64×64"):
+        predictor.segment(task, [images[0][:32]], MODEL_GRID)
+    with pytest.raises(InvalidInput, match="at most 64 prompts"):
+        predictor.encode_task(images * 33, masks * 33, "MR")

@@ -1,0 +1,76 @@
+"""Tasks registered with the endpoint: durable, content-addressed, and an encoding cache that is bounded and keyed
+by model version (the HTTP side is in test_serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from promptseg.serving.served_tasks import ServedTasks, UnknownTask
+
+
+def _prompts(seed: int) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 255, (40, 30), dtype=np.uint8) for _ in range(2)]
+    return images, {1: [(image > 128).astype(np.uint8) for image in images]}
+
+
+def test_tasks_are_content_addressed_and_survive_a_new_replica(tmp_path: Path) -> None:
+    images, masks = _prompts(0)
+    first = ServedTasks(tmp_path)
+    task_id = first.put(images, masks, "MR")
+    assert first.put(images, masks, "MR") == task_id and first.put(images, masks, "CT") != task_id
+    assert first.put(images, masks, "CT", (-100.0, 200.0)) != first.put(images, masks, "CT")  # the window counts
+    assert not list(tmp_path.glob("*.partial"))
+    restored = ServedTasks(tmp_path).get(task_id)  # another replica, or this one after a restart
+    assert restored.modality == "MR" and restored.n_prompts == 2 and restored.labels == [1]
+    assert all(
+        np.array_equal(a, b) for a, b in zip(restored.images + restored.masks[1], images + masks[1], strict=True)
+    )
+
+
+def test_tasks_keep_several_labels_and_a_ct_window(tmp_path: Path) -> None:
+    images, masks = _prompts(1)
+    labels = {2: masks[1], 5: [1 - m for m in masks[1]]}
+    tasks = ServedTasks(tmp_path)
+    task_id = tasks.put(images, labels, "CT", (-160.0, 240.0))
+    restored = ServedTasks(tmp_path).get(task_id)
+    assert restored.labels == [2, 5] and restored.window == (-160.0, 240.0)
+    assert np.array_equal(restored.masks[5][1], labels[5][1])
+    intensity, values = tasks.describe(task_id)
+    assert (intensity.modality, intensity.low, intensity.high, values) == ("CT", -160.0, 240.0, [2, 5])
+
+
+def test_encodings_are_cached_per_model_version_within_a_bound(tmp_path: Path) -> None:
+    tasks = ServedTasks(tmp_path, cache_size=2)
+    ids = [tasks.put(*_prompts(seed), "CT") for seed in range(3)]
+    calls: list[str] = []
+
+    def encode(task: object) -> str:
+        calls.append(task.task_id)
+        return f"encoding of {task.task_id}"
+
+    assert tasks.encoding(ids[0], "1", 1, encode) == f"encoding of {ids[0]}"
+    tasks.encoding(ids[0], "1", 1, encode)
+    assert calls == [ids[0]]  # the second call hit the cache
+    tasks.encoding(ids[0], "2", 1, encode)  # a new model version never reuses the old encoding
+    assert calls == [ids[0], ids[0]]
+    tasks.encoding(ids[1], "2", 1, encode)
+    assert tasks.cached() == [(ids[0], "2", 1), (ids[1], "2", 1)]  # bounded: the least recently used went
+    tasks.encoding(ids[0], "1", 1, encode)  # evicted, so encoded again from the durable prompts
+    assert calls[-1] == ids[0] and len(tasks.cached()) == 2
+
+
+def test_deleted_and_unknown_tasks_raise(tmp_path: Path) -> None:
+    tasks = ServedTasks(tmp_path)
+    task_id = tasks.put(*_prompts(0), "CT")
+    tasks.encoding(task_id, "1", 1, lambda task: "encoded")
+    tasks.delete(task_id)
+    assert tasks.cached() == []
+    for bad in (task_id, "0" * 32, "../../etc/passwd"):
+        with pytest.raises(UnknownTask):
+            tasks.get(bad)
+    with pytest.raises(UnknownTask):
+        tasks.delete(task_id)
