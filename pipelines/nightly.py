@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import mlflow
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -38,7 +37,7 @@ from pipelines import stages
 from pipelines.promotion import gate, pin
 from pipelines.retention import RetentionLimits, apply_retention
 from pipelines.settings import Settings
-from promptseg.registry.tracking import use_experiment
+from promptseg.registry.tracking import open_run, use_experiment
 
 NIGHTLY_LIMIT = "promptseg-nightly"
 
@@ -174,17 +173,16 @@ def _record(settings: Settings, report: dict) -> str:
     experiment_id = use_experiment(
         settings.registry.tracking_uri, f"{settings.registry.experiment}-nightly", settings.registry.artifact_root
     )
-    mlflow.set_tracking_uri(settings.registry.tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=report["name"]) as run:
-        mlflow.set_tags({"status": report["status"], "failed_step": report.get("failed_step", "")})
+    with open_run(settings.registry.tracking_uri, experiment_id, report["name"]) as run:
+        run.set_tags({"status": report["status"], "failed_step": report.get("failed_step", "")})
         for step, outcome in report["steps"].items():
-            mlflow.set_tag(f"step_{step}", json.dumps(outcome, default=str)[:4900])
+            run.set_tags({f"step_{step}": json.dumps(outcome, default=str)[:4900]})
         gate_outcome = report["steps"].get("gate", {})
         metrics = {k: gate_outcome[k] for k in ("challenger_dice", "champion_dice") if k in gate_outcome}
         if metrics:
-            mlflow.log_metrics(metrics)
-        mlflow.log_dict(report, "nightly_report.json")
-    return run.info.run_id
+            run.log_metrics(metrics)
+        run.log_dict(report, "nightly_report.json")
+    return run.run_id
 
 
 def notify(url: str | None, payload: dict) -> bool:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 
-from mlflow import MlflowClient
-
 from pipelines import stages
 from pipelines.settings import Settings
 from promptseg.registry.versions import (
@@ -23,6 +21,7 @@ from promptseg.registry.versions import (
     alias_history,
     alias_version,
     move_alias,
+    tag_version,
     version_held_out,
 )
 
@@ -77,8 +76,8 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
     )
     if promoted:
         move_alias(tracking, name, CHAMPION, challenger, reason=reason, scores=scores)
-    MlflowClient(tracking).set_model_version_tag(
-        name, challenger, "promotion_decision", json.dumps({"promoted": promoted, "reason": reason, **scores})
+    tag_version(
+        tracking, name, challenger, "promotion_decision", json.dumps({"promoted": promoted, "reason": reason, **scores})
     )
     return {
         **decision,

@@ -14,13 +14,11 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-from mlflow import MlflowClient
 from pydantic import BaseModel
 
 from pipelines.settings import Settings
-from promptseg.registry.versions import CHAMPION, alias_history
+from promptseg.registry.versions import delete_unpromoted
 from storage.task_store import TaskStore
 
 
@@ -38,28 +36,6 @@ def _prune_folders(parent: Path, keep: int) -> int:
     for folder in folders[keep:]:
         shutil.rmtree(folder, ignore_errors=True)
     return len(folders[keep:])
-
-
-def _delete_unpromoted(settings: Settings, keep: int) -> list[str]:
-    client = MlflowClient(settings.registry.tracking_uri)
-    name = settings.registry.model_name
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        return []
-    aliased = {str(version) for version in client.get_registered_model(name).aliases.values()}
-    ever_champion = {str(move["to_version"]) for move in alias_history(settings.registry.tracking_uri, name, CHAMPION)}
-    versions = sorted({str(v.version) for v in client.search_model_versions(f"name = '{name}'")}, key=int)
-    candidates = [version for version in versions if version not in aliased | ever_champion]
-    deleted = []
-    for version in candidates[: max(len(candidates) - keep, 0)]:
-        model_id = client.get_model_version(name, version).model_id
-        client.delete_model_version(name, version)
-        if model_id:
-            location = urlparse(client.get_logged_model(model_id).artifact_location)
-            client.delete_logged_model(model_id)
-            if location.scheme in ("", "file"):
-                shutil.rmtree(location.path, ignore_errors=True)
-        deleted.append(version)
-    return deleted
 
 
 def _prune_prefect_results(settings: Settings, days: float) -> int:
@@ -83,6 +59,8 @@ def apply_retention(settings: Settings, limits: RetentionLimits) -> dict:
         if "://" not in settings.training.ray_storage
         else 0,
         "store": store.prune(limits.keep_store_versions),
-        "deleted_versions": _delete_unpromoted(settings, limits.keep_unpromoted),
+        "deleted_versions": delete_unpromoted(
+            settings.registry.tracking_uri, settings.registry.model_name, limits.keep_unpromoted
+        ),
         "prefect_results": _prune_prefect_results(settings, limits.prefect_results_days),
     }

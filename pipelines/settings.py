@@ -3,13 +3,13 @@
 The root holds what every stage shares (the workspace folder, the task store and its resolution, the Ray address)
 and one sub-model per stage, each read from its own variables and handed to its stage alone:
 
-| sub-model | stage | variables |
+| sub-model | stage | variables (PROMPTSEG_ + …) |
 |---|---|---|
-| `data` (`DataSettings`) | ingest and preprocess | `PROMPTSEG_AXES`, `_EMPTY_FRACTION`, `_CT_WINDOW`, `_DASK_ADDRESS`, `_DASK_WORKERS` |
-| `training` (`promptseg.training.settings`) | training | `PROMPTSEG_HELD_OUT`, `_RAY_STORAGE_URL` |
-| `registry` (`promptseg.registry.settings`) | registry, evaluation logs | `PROMPTSEG_MODEL_NAME`, `_EXPERIMENT`, `MLFLOW_TRACKING_URI` |
-| `serve` (`promptseg.serving.settings`) | serving | `PROMPTSEG_SERVE_*` |
-| `nightly` (`NightlySettings`) | the scheduled pipeline | `PROMPTSEG_NIGHTLY_*` |
+| `data` (`DataSettings`) | ingest, preprocess | AXES, EMPTY_FRACTION, CT_WINDOW, DASK_ADDRESS, DASK_WORKERS |
+| `training` (`promptseg.training.settings`) | training | HELD_OUT, RAY_STORAGE_URL |
+| `registry` (`promptseg.registry.settings`) | registry, run logs | MODEL_NAME, EXPERIMENT; and MLFLOW_TRACKING_URI |
+| `serve` (`promptseg.serving.settings`) | serving | SERVE_* |
+| `nightly` (`NightlySettings`) | the scheduled pipeline | NIGHTLY_* |
 
 On one machine everything lives under the workspace folder (default ./.promptseg): the task store, the MLflow
 SQLite database and artifact folder, Ray Train's storage, Prefect's home and the records of running services.

@@ -61,8 +61,9 @@ def train(
     evaluate: bool = True,
     **options: Any,
 ) -> dict:
-    """Train on Ray (options are `promptseg.training.loop.TrainConfig` fields: steps, size, num_workers, …), run the `quick`
-    held-out evaluation on the result (logged to the run) and register it as the challenger with those scores.
+    """Train on Ray (options are `promptseg.training.loop.TrainConfig` fields: steps, size, num_workers, …), run
+    the `quick` held-out evaluation on the result (logged to the run) and register it as the challenger with those
+    scores.
     `resume=True` continues the run named `run_name` from its last checkpoint."""
     from pipelines import cluster
     from promptseg.evaluation.heldout import eval_spec
@@ -127,10 +128,9 @@ def evaluate_network(
 ) -> dict:
     """Evaluate `network` under `spec` on the current store; log scores and the report folder to MLflow run
     `run_id`. Supervised UNets are kept per store snapshot under workspace/baselines for reuse."""
-    import mlflow
-
     from promptseg.evaluation.heldout import evaluate as run_evaluation
     from promptseg.evaluation.heldout import headline_scores
+    from promptseg.registry.tracking import RunLog
     from storage.task_store import TaskStore
 
     store = TaskStore.open(settings.store, network.config.resolution)
@@ -138,11 +138,10 @@ def evaluate_network(
     supervised_cache = settings.root / "baselines" / f"supervised-{snapshot}"
     report = run_evaluation(network, store, spec, out_dir, others, supervised_cache)
     scores = headline_scores(report)
-    mlflow.set_tracking_uri(settings.registry.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
-        mlflow.log_dict({"spec": report["spec"], "store_snapshot_id": snapshot}, f"evaluation-{spec.profile}/spec.json")
-        mlflow.log_artifacts(str(out_dir), artifact_path=f"evaluation-{spec.profile}")
+    run = RunLog(settings.registry.tracking_uri, run_id)
+    run.log_metrics({f"heldout_{k}": v for k, v in scores.items()})
+    run.log_dict({"spec": report["spec"], "store_snapshot_id": snapshot}, f"evaluation-{spec.profile}/spec.json")
+    run.log_artifacts(out_dir, artifact_path=f"evaluation-{spec.profile}")
     return {
         "report_dir": str(out_dir),
         "scores": scores,
@@ -191,11 +190,9 @@ def evaluate(
     (`quick` or `full`; overrides change single spec fields). `full` adds the UniverSeg-style baseline (trained once
     per store snapshot) and the supervised UNet; `baselines` adds checkpoint folders of other in-context networks.
     Scores are logged to the version's run and tagged on the version."""
-    from mlflow import MlflowClient
-
     from promptseg.evaluation.heldout import eval_spec
     from promptseg.nets.checkpoint import load_model
-    from promptseg.registry.versions import load_version, tag_evaluation, version_held_out
+    from promptseg.registry.versions import load_version, tag_evaluation, version_held_out, version_run_id
 
     loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, model)
     held_out = (
@@ -213,11 +210,7 @@ def evaluate(
         taken = name in others or name == loaded.network.config.architecture
         others[Path(folder).name if taken else name] = network
     out_dir = settings.reports_dir / f"{settings.registry.model_name}-v{loaded.version}-{profile}"
-    run_id = (
-        MlflowClient(settings.registry.tracking_uri)
-        .get_model_version(settings.registry.model_name, loaded.version)
-        .run_id
-    )
+    run_id = version_run_id(settings.registry.tracking_uri, settings.registry.model_name, loaded.version)
     result = evaluate_network(settings, loaded.network, spec, out_dir, run_id, others)
     tag_evaluation(settings.registry.tracking_uri, settings.registry.model_name, loaded.version, result)
     return {"version": loaded.version, **result}

@@ -1,7 +1,8 @@
 """The model factory: the only way networks are built, from a size name or a config's JSON dict.
 
-Two in-context architectures share contract 2 (`promptseg.nets.contract`): PromptSeg (`promptseg.nets.model`, sizes tiny,
-small, base) and the UniverSeg-style baseline (`promptseg.nets.universeg`, size "universeg": 64 wide, 4 levels).
+Two in-context architectures share contract 2 (`promptseg.nets.contract`): PromptSeg (`promptseg.nets.model`,
+sizes tiny, small, base) and the UniverSeg-style baseline (`promptseg.nets.universeg`, size "universeg": 64 wide,
+4 levels).
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import shutil
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
@@ -208,3 +210,35 @@ def recorded_evaluation(tracking_uri: str, name: str, version: str) -> dict | No
         return None
     scores = {k.removeprefix("heldout_"): float(v) for k, v in tags.items() if k.startswith("heldout_dice_")}
     return {**json.loads(tags["heldout_eval_spec"]), "scores": scores}
+
+
+def version_run_id(tracking_uri: str, name: str, version: str) -> str:
+    """The id of the training run a version was logged from."""
+    return MlflowClient(tracking_uri).get_model_version(name, version).run_id
+
+
+def tag_version(tracking_uri: str, name: str, version: str, key: str, value: str) -> None:
+    MlflowClient(tracking_uri).set_model_version_tag(name, version, key, value)
+
+
+def delete_unpromoted(tracking_uri: str, name: str, keep: int) -> list[str]:
+    """Delete the versions that never were champion and hold no alias, but the newest `keep` of them, with their
+    logged model's artifacts; returns the deleted version numbers."""
+    client = MlflowClient(tracking_uri)
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return []
+    aliased = {str(version) for version in client.get_registered_model(name).aliases.values()}
+    ever_champion = {str(move["to_version"]) for move in alias_history(tracking_uri, name, CHAMPION)}
+    versions = sorted({str(v.version) for v in client.search_model_versions(f"name = '{name}'")}, key=int)
+    candidates = [version for version in versions if version not in aliased | ever_champion]
+    deleted = []
+    for version in candidates[: max(len(candidates) - keep, 0)]:
+        model_id = client.get_model_version(name, version).model_id
+        client.delete_model_version(name, version)
+        if model_id:
+            location = urlparse(client.get_logged_model(model_id).artifact_location)
+            client.delete_logged_model(model_id)
+            if location.scheme in ("", "file"):
+                shutil.rmtree(location.path, ignore_errors=True)
+        deleted.append(version)
+    return deleted

@@ -1,12 +1,12 @@
 """The Ray Serve application: a FastAPI ingress serving a registered PromptSeg version (contract 4's routes).
 
-A replica loads `models:/<name>@<alias>` (promptseg.serving.served_model, which also follows reloads), keeps registered
-tasks in a folder every replica sees and their encodings in an LRU keyed by model version
-(promptseg.serving.served_tasks), and reads 2D images and 3D volumes with bounded, checked decoders (promptseg.inference.image_io,
-promptseg.inference.volume_io). Segmentation jobs of concurrent requests are batched per replica (`serve.batch`): jobs
-against the same task encoding run as one forward pass. The gateway middleware (promptseg.serving.gateway) adds
-request ids, the API key check, the body-size limit, the audit log and metrics. Bad input raises `InvalidInput`,
-answered as a typed 4xx JSON error naming the file; an unknown task id is a 404.
+A replica loads `models:/<name>@<alias>` (promptseg.serving.served_model, which also follows reloads), keeps
+registered tasks in a folder every replica sees and their encodings in an LRU keyed by model version
+(promptseg.serving.served_tasks), and reads 2D images and 3D volumes with bounded, checked decoders
+(promptseg.inference.image_io, promptseg.inference.volume_io). Segmentation jobs of concurrent requests are batched
+per replica (`serve.batch`): jobs against the same task encoding run as one forward pass. The gateway middleware
+(promptseg.serving.gateway) adds request ids, the API key check, the body-size limit, the audit log and metrics. Bad
+input raises `InvalidInput`, answered as a typed 4xx JSON error naming the file; an unknown task id is a 404.
 """
 
 import asyncio
