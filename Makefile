@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-unit lint bench clean
 
 # The CPU build of torch goes in first (a local wheel here); the project's torch range accepts it and CUDA builds.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,6 +22,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The fast unit tests alone: no Ray, Prefect, MLflow or HTTP, and none of the slow learning tests.
+test-unit: install
+	$(BIN)/pytest tests/unit -m "not slow"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

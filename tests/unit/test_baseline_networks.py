@@ -101,6 +101,7 @@ def test_universeg_config_round_trip_and_unknown_keys() -> None:
         UniverSegConfig.from_dict({"width": 16, "bogus": 1})
 
 
+@pytest.mark.slow
 def test_universeg_learns_a_task_in_context() -> None:
     """Trained on one task (fresh prompts and queries every step), it segments a fresh query from its prompts."""
     torch.manual_seed(0)
@@ -120,6 +121,7 @@ def test_universeg_learns_a_task_in_context() -> None:
     assert dice > 0.8
 
 
+@pytest.mark.slow
 def test_supervised_unet_segments_unseen_slices() -> None:
     images, masks = _ellipses(np.random.default_rng(0), 20, 64)
     state = torch.random.get_rng_state()

@@ -14,14 +14,30 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
 from pipelines.settings import Settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 K8S = INFRA / "k8s"
-SETTINGS_VARIABLES = {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"} | {
-    f"PROMPTSEG_{name.upper()}" for name in Settings.model_fields
-}
+
+
+def _variables(model: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings model reads: its prefixed field names and aliases, and its
+    sub-models' variables."""
+    names = set()
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+            names |= _variables(field.annotation)
+        elif isinstance(field.validation_alias, AliasChoices):
+            names |= {str(choice) for choice in field.validation_alias.choices}
+        else:
+            names.add(field.validation_alias or model.model_config["env_prefix"].upper() + name.upper())
+    return names
+
+
+SETTINGS_VARIABLES = _variables(Settings)
 PLATFORM_VARIABLES = SETTINGS_VARIABLES | {
     "PREFECT_API_URL",
     "AWS_ACCESS_KEY_ID",

@@ -33,7 +33,7 @@ def _inputs(b: int, n: int, q: int, r: int = R) -> tuple[torch.Tensor, ...]:
     return images, masks, torch.rand(b, q, 1, r, r, generator=generator)
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", [pytest.param(s, marks=pytest.mark.slow) if s == "base" else s for s in SIZES])
 def test_every_size_maps_the_contract_shapes_and_dtypes(size: str) -> None:
     torch.manual_seed(0)
     net = build_model(model_config(size, R)).eval()
@@ -124,6 +124,7 @@ def test_bf16_autocast_path_runs(network: torch.nn.Module) -> None:
     assert torch.isfinite(low).all() and (low - reference).abs().mean() < 0.05
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager(network: torch.nn.Module) -> None:
     compiled = torch.compile(network, backend="aot_eager")
     inputs = _inputs(1, 2, 1)
@@ -164,6 +165,7 @@ def _sam_vit_b_state_dict(grid: int = 64) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_sam_vit_b_weights_load_into_base_and_mismatches_fail_clearly(tmp_path: Path) -> None:
     state = _sam_vit_b_state_dict()
     path = tmp_path / "sam_vit_b.pth"
@@ -201,6 +203,7 @@ def test_sam_vit_b_weights_load_into_base_and_mismatches_fail_clearly(tmp_path: 
         load_pretrained_encoder(base, tmp_path / "absent.pth")
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_synthetic_task() -> None:
     """The tiny network fits one fixed synthetic episode (prompts and queries are different instances)."""
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ import pytest
 from storage.errors import RawDataError, StoreSchemaError
 from storage.harmonize import from_model_grid, to_model_grid
 from storage.raw_dataset import load_raw_dataset
-from storage.synthetic import CENTERS, LABELS, synthesize_case, write_center_dataset
+from storage.synthetic import CENTERS, LABELS, write_center_dataset
+from storage.synthetic.anatomy import synthesize_case
 from storage.task_store import TaskStore
 
 

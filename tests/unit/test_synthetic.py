@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from storage.raw_dataset import RawDataset, load_raw_dataset
-from storage.synthetic import CENTERS, DEFAULT_SHAPE, LABELS, synthesize_case, write_synthetic_datasets
+from storage.synthetic import write_synthetic_datasets
+from storage.synthetic.anatomy import CENTERS, DEFAULT_SHAPE, LABELS, synthesize_case
 
 SEED = 5
 N_CASES = 6
