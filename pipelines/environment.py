@@ -1,7 +1,9 @@
 """Process environment for the embedded defaults, set before Prefect, MLflow or Ray are imported.
 
 Prefect reads PREFECT_HOME at import time, so the CLI calls `prepare` first; the workspace then holds Prefect's
-database and result cache. Telemetry that would try the (absent) network is switched off.
+database and result cache. Telemetry that would try the (absent) network is switched off. The workspace and
+resolution in force (e.g. from `--workspace`) are exported, so a flow that reads its settings from the environment
+(as a deployment's run does) works on the same workspace as the command that started it.
 """
 
 from __future__ import annotations
@@ -26,3 +28,7 @@ def prepare(settings: Settings) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # The settings in force, also for what reads them from the environment: flows (as a deployment runs them),
+    # Serve replicas and Ray workers.
+    os.environ["PROMPTSEG_WORKSPACE"] = str(settings.root)
+    os.environ["PROMPTSEG_RESOLUTION"] = str(settings.resolution)
