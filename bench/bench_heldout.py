@@ -17,9 +17,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from workspace import prepared_workspace
+
+if TYPE_CHECKING:
+    from promptseg.evaluation.report import EvaluationReport
 
 VARIANTS = {
     "promptseg": {"size": "tiny", "bottleneck": False},
@@ -28,13 +32,12 @@ VARIANTS = {
 }
 
 
-def _dice(report_dir: str, method: str, synthetic: bool = True) -> float:
+def _dice(report: EvaluationReport, method: str, synthetic: bool = True) -> float:
     """Mean Dice at N ≥ 4 over the synthetic centers' held-out tasks (or, with synthetic=False, the real CT's)."""
-    rows = json.loads((Path(report_dir) / "results.json").read_text())["rows"]
     values = [
-        r["dice"]
-        for r in rows
-        if r["method"] == method and r["dataset"].startswith("synth") == synthetic and r["n_prompts"] >= 4
+        r.dice
+        for r in report.rows
+        if r.method == method and r.dataset.startswith("synth") == synthetic and r.n_prompts >= 4
     ]
     return float(np.mean(values)) if values else float("nan")
 
@@ -60,9 +63,12 @@ def main() -> None:
                     settings, steps=args.steps, seed=seed, run_name=f"{variant}-seed{seed}", **VARIANTS[variant]
                 )
                 train_s = time.perf_counter() - start
-                evaluation = trained["evaluation"]  # the quick profile, run after every training
+                evaluation = trained.evaluation  # the quick profile, run after every training
                 if not results and args.supervised_steps:  # the supervised UNet does not depend on the variant: once
-                    evaluation = stages.evaluate(settings, trained["version"], supervised_steps=args.supervised_steps)
+                    evaluation = stages.evaluate(
+                        settings, trained.version, supervised_steps=args.supervised_steps
+                    ).evaluation
+                report = evaluation.report
                 primary = "universeg" if variant == "universeg" else "promptseg"
                 row = {
                     "bench": "heldout",
@@ -71,13 +77,13 @@ def main() -> None:
                     "steps": args.steps,
                     "resolution": args.resolution,
                     "train_s": round(train_s, 1),
-                    "dice": _dice(evaluation["report_dir"], primary),
-                    "dice_real_ct": _dice(evaluation["report_dir"], primary, synthetic=False),
-                    "dice_real_ct_most_similar_prompt": _dice(evaluation["report_dir"], "most_similar_prompt", False),
-                    "dice_other_task_prompts": _dice(evaluation["report_dir"], primary + "_other_task_prompts"),
-                    "dice_mean_prompt_mask": _dice(evaluation["report_dir"], "mean_prompt_mask"),
-                    "dice_most_similar_prompt": _dice(evaluation["report_dir"], "most_similar_prompt"),
-                    "dice_supervised_unet": _dice(evaluation["report_dir"], "supervised_unet"),
+                    "dice": _dice(report, primary),
+                    "dice_real_ct": _dice(report, primary, synthetic=False),
+                    "dice_real_ct_most_similar_prompt": _dice(report, "most_similar_prompt", False),
+                    "dice_other_task_prompts": _dice(report, primary + "_other_task_prompts"),
+                    "dice_mean_prompt_mask": _dice(report, "mean_prompt_mask"),
+                    "dice_most_similar_prompt": _dice(report, "most_similar_prompt"),
+                    "dice_supervised_unet": _dice(report, "supervised_unet"),
                 }
                 results.setdefault(variant, []).append(row["dice"])
                 print(json.dumps(row), flush=True)

@@ -4,7 +4,8 @@ Writes the simulator's center-a dataset (NIfTI, nnU-Net v2 raw layout) once as `
 and times, for 1 and 2 processes:
 
 - ours (this interpreter, the project's virtualenv): the fingerprint (`storage.verify.check_case` per case, then
-  `storage.fingerprint.dataset_fingerprint`), the plan (`storage.preprocess.plan_for`), then per case read +
+  the dataset's ingest record with its fingerprint, `storage.ingest_record.IngestRecord.from_checked`), the plan
+  (`storage.preprocess.plan_for`), then per case read +
   `normalize_intensity` + `resample_volume` of image and label map, without the 2D slicing and Zarr writing
   (nnU-Net does neither); 2 processes map the per-case work over a spawned process pool;
 - nnU-Net (subprocesses of a separate, benchmark-only virtualenv holding `nnunetv2`, not a project dependency):
@@ -47,15 +48,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from storage.fingerprint import dataset_fingerprint
 from storage.harmonize import normalize_intensity, resample_volume
+from storage.ingest_record import CaseRecord, IngestRecord
 from storage.preprocess import PreprocessPlan, plan_for, preprocess_case
-from storage.privacy import keyed_case_id
 from storage.raw_dataset import RawCase, load_raw_dataset
 from storage.readers import read_volume
 from storage.synthetic import CENTERS, write_center_dataset
 from storage.task_store import TaskStore
-from storage.verify import check_case
+from storage.verify import CheckedCase, check_case
 
 DATASET_ID = 501
 DATASET_FOLDER = f"Dataset{DATASET_ID}_SynthA"
@@ -82,23 +82,23 @@ def parallel_map(function: Callable, items: Iterable, processes: int, itk_thread
         return list(pool.map(function, items))
 
 
-def checked_case(case: RawCase, labels: dict[int, str], root: Path) -> dict:
-    record, problems = check_case(case, labels, root)
-    if record is None:
+def checked_case(case: RawCase, labels: dict[int, str], root: Path) -> CheckedCase:
+    checked, problems = check_case(case, labels, root)
+    if checked is None:
         raise RuntimeError(f"benchmark case {case.case_id} failed verification: {problems}")
-    return record
+    return checked
 
 
-def harmonize_case(case: dict, plan: PreprocessPlan) -> list[int]:
+def harmonize_case(case: CaseRecord, plan: PreprocessPlan) -> list[int]:
     """What `preprocess_case` does before slicing: read, normalize, resample image and label map."""
-    image = read_volume(Path(case["image"]))
-    label = read_volume(Path(case["label"]), dtype=np.int32)
+    image = read_volume(Path(case.image))
+    label = read_volume(Path(case.label), dtype=np.int32)
     normalized = resample_volume(
         normalize_intensity(image.array, plan.normalization), image.spacing, plan.target_spacing
     )
     label_map = resample_volume(label.array.astype(np.uint8), label.spacing, plan.target_spacing, label=True)
     if normalized.shape != label_map.shape:
-        raise RuntimeError(f"{case['case']}: image {normalized.shape} and label {label_map.shape} differ")
+        raise RuntimeError(f"{case.case}: image {normalized.shape} and label {label_map.shape} differ")
     return list(normalized.shape)
 
 
@@ -110,22 +110,22 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 def run_ours(
     folder: Path, processes: int, target: tuple[float, float, float], resolution: int, itk_threads: int
-) -> tuple[float, dict, PreprocessPlan]:
-    """Time our steps; emit one line each; return the comparable seconds, the dataset record and the plan."""
+) -> tuple[float, IngestRecord, PreprocessPlan]:
+    """Time our steps; emit one line each; return the comparable seconds, the ingest record and the plan."""
     dataset = load_raw_dataset(folder)
     common = {"side": "ours", "processes": processes, "cases": len(dataset.cases), "itk_threads": itk_threads}
     check = partial(checked_case, labels=dataset.labels, root=folder)
 
-    def fingerprint_dataset() -> tuple[list[dict], dict]:
-        cases = parallel_map(check, dataset.cases, processes, itk_threads)
-        return cases, dataset_fingerprint(cases)
+    def fingerprint_dataset() -> IngestRecord:
+        checked = parallel_map(check, dataset.cases, processes, itk_threads)
+        return IngestRecord.from_checked(dataset, folder, checked, [], secret=b"bench")
 
-    (cases, fingerprint), fingerprint_s = timed(fingerprint_dataset)
+    record, fingerprint_s = timed(fingerprint_dataset)
     emit(**common, step="fingerprint", seconds=round(fingerprint_s, 2))
-    record = {"modality": dataset.modality, "fingerprint": fingerprint, "labels": dataset.labels, "cases": cases}
     plan, plan_s = timed(lambda: dataclasses.replace(plan_for(record, resolution), target_spacing=target))
     emit(**common, step="plan", seconds=round(plan_s, 4))
-    shapes, harmonize_s = timed(lambda: parallel_map(partial(harmonize_case, plan=plan), cases, processes, itk_threads))
+    harmonize = partial(harmonize_case, plan=plan)
+    shapes, harmonize_s = timed(lambda: parallel_map(harmonize, record.cases, processes, itk_threads))
     emit(
         **common,
         step="resample_normalize",
@@ -136,11 +136,13 @@ def run_ours(
     return fingerprint_s + harmonize_s, record, plan
 
 
-def run_ours_full(record: dict, plan: PreprocessPlan, store_path: Path, resolution: int, itk_threads: int) -> None:
+def run_ours_full(
+    record: IngestRecord, plan: PreprocessPlan, store_path: Path, resolution: int, itk_threads: int
+) -> None:
     """Reference: the full per-case recipe (slicing + Zarr writing included), sequentially into a fresh store."""
     store = TaskStore.open(str(store_path), resolution, create=True)
-    cases = [{**case, "store_id": keyed_case_id(b"bench", "synth-a", case["case"])} for case in record["cases"]]
-    summaries, seconds = timed(lambda: [s for case in cases for s in preprocess_case(store, "synth-a", case, plan)])
+    cases = record.cases
+    summaries, seconds = timed(lambda: [s for c in cases for s in preprocess_case(store, record.dataset, c, plan)])
     emit(
         side="ours",
         step="preprocess_case_full",

@@ -28,15 +28,16 @@ def main() -> None:
         os.environ["PROMPTSEG_WORKSPACE"] = str(root / "ingest")
         from pipelines import environment, stages
         from pipelines.settings import Settings
+        from storage.ingest_record import load_ingest_records
         from storage.synthetic import write_synthetic_datasets
 
         base = Settings(resolution=args.resolution)
         environment.prepare(base)
         sources = write_synthetic_datasets(root / "raw", n_cases=args.cases, seed=0)
         ingested = stages.ingest(base, sources)
-        records = [json.loads(p.read_text()) for p in base.data.raw_dir.glob("*.json")]
-        cases = sum(len(r["cases"]) for r in records)
-        voxel_bytes = sum(4 * int(np.prod(c["shape"])) for r in records for c in r["cases"])
+        records = load_ingest_records(base.data.raw_dir)
+        cases = sum(len(r.cases) for r in records)
+        voxel_bytes = sum(4 * int(np.prod(c.shape)) for r in records for c in r.cases)
         for workers in (1, 2):
             settings = Settings(
                 workspace=root / f"w{workers}", resolution=args.resolution, data={"dask_workers": workers}
@@ -52,10 +53,10 @@ def main() -> None:
                         "dask_workers": workers,
                         "resolution": args.resolution,
                         "cases": cases,
-                        "datasets": len(ingested["datasets"]),
-                        "slices": sum(d["slices"] for d in report["datasets"]),
+                        "datasets": len(ingested.datasets),
+                        "slices": sum(d.slices for d in report.datasets),
                         "seconds": round(seconds, 1),
-                        "flow_seconds": report["seconds"],
+                        "flow_seconds": report.seconds,
                         "cases_per_s": round(cases / seconds, 2),
                         "source_mb_per_s": round(voxel_bytes / 1e6 / seconds, 2),
                     }

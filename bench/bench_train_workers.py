@@ -48,7 +48,7 @@ def main() -> None:
                 checkpoint_every=checkpoint_every,
             )
             wall = time.perf_counter() - start
-            history = MlflowClient(settings.registry.tracking_uri).get_metric_history(trained["run_id"], "loss")
+            history = MlflowClient(settings.registry.tracking_uri).get_metric_history(trained.run_id, "loss")
             stamps = {m.step: m.timestamp / 1000 for m in history}
             first, last = checkpoint_every, args.steps
             seconds = stamps[last] - stamps[first]

@@ -1,8 +1,9 @@
 """`promptseg demo`: every stage end to end on the embedded defaults, then a held-out task queried over HTTP.
 
-Synthetic multi-center datasets plus data/samples/ct-abdomen-61 → ingest → preprocess (Prefect) → train the
-tiny model on Ray (2 workers) → quick held-out evaluation → register (challenger) → promotion gate (champion) → serve
-(Ray Serve) → query held-out structures over HTTP, prompts and queries from different cases. Prints Dice of the
+Synthetic multi-center datasets plus data/samples/ct-abdomen-61 go through the nightly pipeline once (the same flow
+operators schedule: ingest → preprocess → train the tiny model on Ray with 2 workers, quick held-out evaluation,
+registration as challenger → promotion gate → start the endpoint → retention), then held-out structures are queried
+over HTTP, prompts and queries from different cases. Prints Dice of the
 model and of the mean-prompt-mask baseline, where the overlays are and how to query by hand. The endpoint keeps
 running until `promptseg serve --stop`.
 """
@@ -17,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import stages
+from pipelines.nightly import NightlyConfig, NightlyReport, nightly
 from pipelines.querying import query_files
 from pipelines.settings import Settings
 from promptseg.evaluation.baselines import mean_prompt_mask
@@ -57,52 +58,54 @@ def export_episode(store: TaskStore, task: Task, folder: Path, seed: int = 0) ->
     return files
 
 
+def _print_pipeline(report: NightlyReport, console: Console) -> None:
+    """What each step of the pipeline run did: the data, the training, the held-out table, the gate, the endpoint."""
+    for ingested in report.ingest.datasets:
+        console.print(
+            f"ingested {ingested.dataset} ({ingested.center}, {ingested.modality}): "
+            f"{ingested.cases} cases, {ingested.rejected} rejected"
+        )
+    for stored in report.preprocess.datasets:
+        console.print(
+            f"store: {stored.dataset} version {stored.version}: {stored.cases} cases, "
+            f"{stored.tasks} tasks, {stored.slices} slices"
+        )
+    trained = report.train
+    console.print(
+        f"MLflow run {trained.run_id}, final loss {trained.final_loss:.3f}, "
+        f"registered version {trained.version} (challenger)"
+    )
+    evaluation = trained.evaluation.report
+    table = Table("held-out Dice", *[f"N={n}" for n in sorted(evaluation.summary[evaluation.primary], key=int)])
+    for method, per_n in evaluation.summary.items():
+        cells = [f"{per_n[n]['dice'].mean:.3f} ± {per_n[n]['dice'].sd:.3f}" for n in sorted(per_n, key=int)]
+        table.add_row(method, *cells)
+    console.print(table)
+    largest = max(evaluation.summary[evaluation.primary], key=int)
+    methods = list(evaluation.summary)
+    centers = Table(f"held-out Dice at N={largest}, per center", *methods)
+    for center, per_method in evaluation.dice_at_largest_n.center.items():
+        centers.add_row(center, *[f"{per_method[m].mean:.3f}" if m in per_method else "—" for m in methods])
+    console.print(centers)
+    console.print(f"promotion gate: champion = version {report.gate.champion} ({report.gate.reason})")
+    console.print(f"endpoint {report.roll_out.url} serves version {report.roll_out.serving} (OpenAPI at /docs)")
+
+
 def run_demo(settings: Settings, steps: int, console: Console) -> None:
     start = time.monotonic()
-    console.rule("1/6 data: synthetic multi-center datasets + ct-abdomen-61 → ingest → preprocess (Prefect)")
-    sources = [*write_synthetic_datasets(settings.root / "sources", n_cases=6, seed=0), SAMPLE_MANIFEST]
-    for summary in stages.ingest(settings, sources)["datasets"]:
-        console.print(
-            f"ingested {summary['dataset']} ({summary['center']}, {summary['modality']}): "
-            f"{summary['cases']} cases, {summary['rejected']} rejected"
-        )
-    for summary in stages.preprocess(settings)["datasets"]:
-        console.print(
-            f"store: {summary['dataset']} version {summary['version']}: {summary['cases']} cases, "
-            f"{summary['tasks']} tasks, {summary['slices']} slices"
-        )
-
-    console.rule(f"2/6 train: tiny PromptSeg, {steps} steps, Ray Train with 2 CPU workers (DDP, gloo)")
-    trained = stages.train(settings, steps=steps)
+    console.rule("1/2 the nightly pipeline once: ingest → preprocess → train → gate → serve → retention")
     console.print(
-        f"MLflow run {trained['run_id']}, final loss {trained['final_loss']:.3f}, "
-        f"registered version {trained['version']} (challenger)"
+        f"synthetic multi-center datasets + ct-abdomen-61; tiny PromptSeg, {steps} steps on Ray Train with 2 CPU "
+        "workers (DDP, gloo); quick held-out evaluation (structures never seen in training); Ray Serve on 127.0.0.1"
     )
+    sources = [*write_synthetic_datasets(settings.root / "sources", n_cases=6, seed=0), SAMPLE_MANIFEST]
+    config = NightlyConfig(sources=[str(source) for source in sources], steps=steps, start_endpoint=True)
+    report = nightly(config)
+    _print_pipeline(report, console)
+    url = report.roll_out.url
+    evaluation = report.train.evaluation
 
-    console.rule("3/6 evaluate: quick held-out evaluation (structures never seen in training)")
-    evaluation = trained["evaluation"]
-    table = Table("held-out Dice", *[f"N={n}" for n in sorted(evaluation["summary"]["promptseg"], key=int)])
-    for method, per_n in evaluation["summary"].items():
-        table.add_row(
-            method, *[f"{per_n[n]['dice']['mean']:.3f} ± {per_n[n]['dice']['sd']:.3f}" for n in sorted(per_n, key=int)]
-        )
-    console.print(table)
-    largest = max(evaluation["summary"][evaluation["primary"]], key=int)
-    methods = list(evaluation["summary"])
-    centers = Table(f"held-out Dice at N={largest}, per center", *methods)
-    for center, per_method in evaluation["by_center"].items():
-        centers.add_row(center, *[f"{per_method[m]['mean']:.3f}" if m in per_method else "—" for m in methods])
-    console.print(centers)
-
-    console.rule("4/6 promote: the challenger replaces the champion only if it scores at least as well")
-    decision = stages.promote(settings)
-    console.print(f"champion = version {decision['champion']} ({decision['reason']})")
-
-    console.rule("5/6 serve: Ray Serve + FastAPI on 127.0.0.1")
-    url = stages.serve(settings)
-    console.print(f"endpoint {url} (OpenAPI at {url}/docs)")
-
-    console.rule("6/6 query held-out tasks over HTTP (prompts and queries from different cases)")
+    console.rule("2/2 query held-out tasks over HTTP (prompts and queries from different cases)")
     store = TaskStore.open(settings.store, settings.resolution)
     _, held_out = split_tasks(store.tasks(), settings.training.held_out, store.resolution)
     results = Table("held-out task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
@@ -131,7 +134,7 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
         example = example or (folder, files)
     client.close()
     console.print(results)
-    console.print(f"evaluation report, Dice-vs-N plot and overlays: {evaluation['report_dir']}")
+    console.print(f"evaluation report, Dice-vs-N plot and overlays: {evaluation.report_dir}")
     if example is not None:
         folder, files = example
         console.print(f"overlays of the HTTP queries: {folder / 'out'}")

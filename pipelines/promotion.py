@@ -6,17 +6,21 @@ measured), and moves `champion` only when the challenger's Dice (the network's m
 largest N) is at least the champion's plus `margin`; with no champion it promotes. Versions trained with another
 held-out spec are not comparable and are refused. `pin` moves the alias by hand; `rollback` returns it to the
 version it pointed at before the last move. Every move is recorded by the registry (who, when, why, both scores).
+Each returns a `PromotionDecision`.
 """
 
 from __future__ import annotations
 
 import json
 
-from pipelines import stages
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.model_stages import held_out_evaluation
 from pipelines.settings import Settings
 from promptseg.registry.versions import (
     CHALLENGER,
     CHAMPION,
+    RecordedEvaluation,
     RegistryError,
     alias_history,
     alias_version,
@@ -30,6 +34,27 @@ class PromotionError(Exception):
     """The challenger and the champion cannot be compared (e.g. different held-out specs)."""
 
 
+class PromotionDecision(BaseModel):
+    """Where `champion` points after a gate run or a hand move, and why.
+
+    A gate run also names the `challenger` and its `margin`; when it compared the two versions, their held-out Dice
+    (the primary network's mean at the largest N), the store snapshot both were measured on and whether each
+    score was `reused` from the version's tags (keys `challenger`, `champion`) rather than measured again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    promoted: bool
+    champion: str
+    champion_before: str | None
+    reason: str
+    challenger: str | None = None
+    margin: float | None = None
+    challenger_dice: float | None = None
+    champion_dice: float | None = None
+    store_snapshot_id: str | None = None
+    reused: dict[str, bool] | None = None
+
+
 def _held_out(settings: Settings, version: str) -> list[str]:
     return (
         version_held_out(settings.registry.tracking_uri, settings.registry.model_name, version)
@@ -37,14 +62,14 @@ def _held_out(settings: Settings, version: str) -> list[str]:
     )
 
 
-def _score(evaluation: dict) -> float:
+def _score(evaluation: RecordedEvaluation) -> float:
     """The primary network's held-out Dice at the largest N evaluated."""
-    prefix = f"dice_{evaluation['primary']}_n"
-    n_max = max(int(key.removeprefix(prefix)) for key in evaluation["scores"] if key.startswith(prefix))
-    return evaluation["scores"][f"{prefix}{n_max}"]
+    prefix = f"dice_{evaluation.primary}_n"
+    n_max = max(int(key.removeprefix(prefix)) for key in evaluation.scores if key.startswith(prefix))
+    return evaluation.scores[f"{prefix}{n_max}"]
 
 
-def gate(settings: Settings, margin: float = 0.0) -> dict:
+def gate(settings: Settings, margin: float = 0.0) -> PromotionDecision:
     """Promote the challenger if it beats the champion by `margin`; returns the decision."""
     tracking, name = settings.registry.tracking_uri, settings.registry.model_name
     challenger = alias_version(tracking, name, CHALLENGER)
@@ -53,50 +78,58 @@ def gate(settings: Settings, margin: float = 0.0) -> dict:
     champion = alias_version(tracking, name, CHAMPION)
     decision = {"challenger": challenger, "champion_before": champion, "margin": margin}
     if champion == challenger:
-        return {**decision, "promoted": False, "champion": champion, "reason": "the challenger is the champion"}
+        return PromotionDecision(
+            **decision, promoted=False, champion=challenger, reason="the challenger is the champion"
+        )
     if champion is None:
         move_alias(tracking, name, CHAMPION, challenger, reason="no champion yet: the challenger is promoted")
-        return {**decision, "promoted": True, "champion": challenger, "reason": "no champion yet"}
+        return PromotionDecision(**decision, promoted=True, champion=challenger, reason="no champion yet")
     challenger_held_out, champion_held_out = _held_out(settings, challenger), _held_out(settings, champion)
     if challenger_held_out != champion_held_out:
         raise PromotionError(
             f"version {challenger} was held out on {challenger_held_out} and version {champion} on "
             f"{champion_held_out}: their held-out scores are not comparable; pin by hand instead"
         )
-    challenger_eval = stages.held_out_evaluation(settings, challenger)
-    champion_eval = stages.held_out_evaluation(settings, champion)
-    if challenger_eval["store_snapshot_id"] != champion_eval["store_snapshot_id"]:
+    challenger_scores = held_out_evaluation(settings, challenger)
+    champion_scores = held_out_evaluation(settings, champion)
+    snapshot = challenger_scores.evaluation.store_snapshot_id
+    if snapshot != champion_scores.evaluation.store_snapshot_id:
         raise PromotionError("the task store changed between the two evaluations; run the gate again")
-    scores = {"challenger_dice": _score(challenger_eval), "champion_dice": _score(champion_eval)}
+    scores = {
+        "challenger_dice": _score(challenger_scores.evaluation),
+        "champion_dice": _score(champion_scores.evaluation),
+    }
     promoted = scores["challenger_dice"] >= scores["champion_dice"] + margin
     relation = "≥" if promoted else "<"
     reason = (
         f"challenger v{challenger} Dice {scores['challenger_dice']:.4f} {relation} champion v{champion} "
-        f"{scores['champion_dice']:.4f} + margin {margin} (store snapshot {challenger_eval['store_snapshot_id']})"
+        f"{scores['champion_dice']:.4f} + margin {margin} (store snapshot {snapshot})"
     )
     if promoted:
         move_alias(tracking, name, CHAMPION, challenger, reason=reason, scores=scores)
     tag_version(
         tracking, name, challenger, "promotion_decision", json.dumps({"promoted": promoted, "reason": reason, **scores})
     )
-    return {
+    return PromotionDecision(
         **decision,
         **scores,
-        "promoted": promoted,
-        "champion": challenger if promoted else champion,
-        "reason": reason,
-        "store_snapshot_id": challenger_eval["store_snapshot_id"],
-        "reused": {"challenger": challenger_eval["reused"], "champion": champion_eval["reused"]},
-    }
+        promoted=promoted,
+        champion=challenger if promoted else champion,
+        reason=reason,
+        store_snapshot_id=snapshot,
+        reused={"challenger": challenger_scores.reused, "champion": champion_scores.reused},
+    )
 
 
-def pin(settings: Settings, version: str, reason: str = "pinned by hand") -> dict:
+def pin(settings: Settings, version: str, reason: str = "pinned by hand") -> PromotionDecision:
     """Point `champion` at `version` without evaluation (e.g. a rollback)."""
     record = move_alias(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, version, reason=reason)
-    return {"promoted": True, "champion": record["to_version"], "champion_before": record["from_version"], **record}
+    return PromotionDecision(
+        promoted=True, champion=record["to_version"], champion_before=record["from_version"], reason=record["reason"]
+    )
 
 
-def rollback(settings: Settings) -> dict:
+def rollback(settings: Settings) -> PromotionDecision:
     """Return `champion` to the version it pointed at before its last move."""
     history = alias_history(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION)
     if not history or history[-1]["from_version"] is None:

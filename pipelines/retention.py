@@ -7,6 +7,7 @@
 - Versions never promoted: registered versions that never were `champion`, hold no alias now and are not among
   the newest `keep_unpromoted` such versions are deleted from the registry with their logged model's artifacts.
 - Prefect results: persisted task results older than `prefect_results_days`.
+`apply_retention` returns a `RetentionReport` of what each rule removed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from pipelines.settings import Settings
 from promptseg.registry.versions import delete_unpromoted
@@ -27,6 +28,19 @@ class RetentionLimits(BaseModel):
     keep_store_versions: int = 2
     keep_unpromoted: int = 3
     prefect_results_days: float = 14.0
+
+
+class RetentionReport(BaseModel):
+    """What one application removed: folder counts, the store's pruned versions and cases (`TaskStore.prune`), the
+    registry versions deleted and the Prefect result files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checkpoint_folders: int
+    ray_run_folders: int
+    store: dict[str, int]
+    deleted_versions: list[str]
+    prefect_results: int
 
 
 def _prune_folders(parent: Path, keep: int) -> int:
@@ -49,18 +63,18 @@ def _prune_prefect_results(settings: Settings, days: float) -> int:
     return len(old)
 
 
-def apply_retention(settings: Settings, limits: RetentionLimits) -> dict:
+def apply_retention(settings: Settings, limits: RetentionLimits) -> RetentionReport:
     """Apply every rule; returns what each removed."""
     ray_storage = Path(settings.training.ray_storage)
     store = TaskStore.open(settings.store, settings.resolution)
-    return {
-        "checkpoint_folders": _prune_folders(settings.root / "checkpoints", limits.keep_checkpoints),
-        "ray_run_folders": _prune_folders(ray_storage, limits.keep_checkpoints)
+    return RetentionReport(
+        checkpoint_folders=_prune_folders(settings.root / "checkpoints", limits.keep_checkpoints),
+        ray_run_folders=_prune_folders(ray_storage, limits.keep_checkpoints)
         if "://" not in settings.training.ray_storage
         else 0,
-        "store": store.prune(limits.keep_store_versions),
-        "deleted_versions": delete_unpromoted(
+        store=store.prune(limits.keep_store_versions),
+        deleted_versions=delete_unpromoted(
             settings.registry.tracking_uri, settings.registry.model_name, limits.keep_unpromoted
         ),
-        "prefect_results": _prune_prefect_results(settings, limits.prefect_results_days),
-    }
+        prefect_results=_prune_prefect_results(settings, limits.prefect_results_days),
+    )

@@ -12,22 +12,23 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines import stages
+from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
 
 
-def _summary(outcome: dict) -> str:
+def _summary(outcome: TrainingOutcome) -> str:
     lines = [
-        f"# Training run `{outcome['run_name']}`",
+        f"# Training run `{outcome.run_name}`",
         "",
-        f"MLflow run `{outcome['run_id']}`, final loss {outcome['final_loss']:.4f}, "
-        f"registered version: {outcome.get('version', 'not registered')}",
+        f"MLflow run `{outcome.run_id}`, final loss {outcome.final_loss:.4f}, "
+        f"registered version: {outcome.version or 'not registered'}",
     ]
-    evaluation = outcome.get("evaluation")
-    if evaluation:
-        ns = sorted(next(iter(evaluation["summary"].values())), key=int)
+    if outcome.evaluation:
+        summary = outcome.evaluation.report.summary
+        ns = sorted(next(iter(summary.values())), key=int)
         lines += ["", "| held-out Dice | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
-        for method, per_n in evaluation["summary"].items():
-            cells = [f"{per_n[n]['dice']['mean']:.3f}" if n in per_n else "skipped" for n in ns]
+        for method, per_n in summary.items():
+            cells = [f"{per_n[n]['dice'].mean:.3f}" if n in per_n else "skipped" for n in ns]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -39,7 +40,7 @@ def train_flow(
     register: bool = True,
     evaluate: bool = True,
     options: dict[str, Any] | None = None,
-) -> dict:
+) -> TrainingOutcome:
     """Train with the workspace settings (`options`: TrainConfig fields such as steps, size, num_workers)."""
     outcome = stages.train(
         Settings(), run_name=run_name, resume=resume, register=register, evaluate=evaluate, **(options or {})

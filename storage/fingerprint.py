@@ -2,14 +2,17 @@
 
 Per case, a bounded random sample of foreground intensities is drawn (as nnU-Net does, 10,000 voxels); the
 dataset's percentiles, mean and standard deviation come from the pooled samples. CT normalization uses them.
+The `Fingerprint` is part of the dataset's ingest record (storage.ingest_record) and of every store version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from storage.harmonize import PERCENTILES
 
@@ -39,22 +42,50 @@ def target_spacing(spacings: list[list[float]]) -> list[float]:
     return target.tolist()
 
 
-def dataset_fingerprint(cases: list[dict]) -> dict:
-    """Combine per-case records (shape, spacing, foreground sample) into the dataset fingerprint."""
-    pooled = np.concatenate([np.asarray(case["foreground_sample"], float) for case in cases] or [np.zeros(1)])
+class ForegroundIntensity(BaseModel):
+    """Statistics of the pooled foreground samples."""
+
+    model_config = ConfigDict(frozen=True)
+
+    percentile_00_5: float
+    percentile_99_5: float
+    mean: float
+    std: float
+
+
+class Fingerprint(BaseModel):
+    """A dataset's fingerprint: per-case shapes and spacings (mm), the median and target spacing, the foreground
+    intensity statistics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shapes: list[list[int]]
+    spacings: list[list[float]]
+    median_spacing: list[float]
+    target_spacing: list[float]
+    foreground_intensity: ForegroundIntensity
+
+    @property
+    def foreground_percentiles(self) -> tuple[float, float]:
+        """The 0.5 and 99.5 percentiles of the foreground intensities (CT normalization clips to them)."""
+        return self.foreground_intensity.percentile_00_5, self.foreground_intensity.percentile_99_5
+
+
+def dataset_fingerprint(
+    shapes: Sequence[list[int]], spacings: Sequence[list[float]], samples: Sequence[list[float]]
+) -> Fingerprint:
+    """Combine the cases' shapes, spacings and foreground samples (one each per case) into the dataset fingerprint."""
+    pooled = np.concatenate([np.asarray(sample, float) for sample in samples] or [np.zeros(1)])
     low, high = np.percentile(pooled, PERCENTILES)
-    return {
-        "shapes": [case["shape"] for case in cases],
-        "spacings": [case["spacing"] for case in cases],
-        "median_spacing": np.median([case["spacing"] for case in cases], axis=0).tolist(),
-        "target_spacing": target_spacing([case["spacing"] for case in cases]),
-        "foreground_intensity": {
-            "percentile_00_5": float(low),
-            "percentile_99_5": float(high),
-            "mean": float(pooled.mean()),
-            "std": float(pooled.std()),
-        },
-    }
+    return Fingerprint(
+        shapes=list(shapes),
+        spacings=list(spacings),
+        median_spacing=np.median(spacings, axis=0).tolist(),
+        target_spacing=target_spacing(list(spacings)),
+        foreground_intensity=ForegroundIntensity(
+            percentile_00_5=float(low), percentile_99_5=float(high), mean=float(pooled.mean()), std=float(pooled.std())
+        ),
+    )
 
 
 def fingerprint_hash(fingerprint: dict) -> str:

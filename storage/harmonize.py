@@ -49,14 +49,6 @@ def normalization_for(
     return NormalizationParams(modality)
 
 
-def normalization_from_fingerprint(
-    modality: str, fingerprint: dict, ct_window: tuple[float, float] | None = None
-) -> NormalizationParams:
-    """The recipe for a dataset from its fingerprint (storage.fingerprint); a CT window overrides percentiles."""
-    foreground = fingerprint["foreground_intensity"]
-    return normalization_for(modality, (foreground["percentile_00_5"], foreground["percentile_99_5"]), ct_window)
-
-
 def normalize_intensity(image: np.ndarray, params: NormalizationParams) -> np.ndarray:
     """Map an image of any dtype to float32 in [0, 1] following `params`."""
     if image.dtype == np.uint8:

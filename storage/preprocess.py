@@ -1,11 +1,14 @@
 """Preprocessing of one raw case into the task store, under a plan derived from the dataset fingerprint.
 
 A `PreprocessPlan` (after nnU-Net's plans file) fixes everything besides the sources that determines a harmonized
-case: intensity normalization, target spacing, resolution, slicing axes, the share of empty slices kept.
+case: intensity normalization, target spacing, resolution, slicing axes, the share of empty slices kept; `plan_for`
+derives it from a dataset's ingest record (storage.ingest_record).
 `preprocess_case` reads the case, normalizes, resamples to the target spacing (storage.harmonize), cuts slices
 along each axis, fits them to the store's grid keeping their physical aspect, and writes them under a content key
 (`case_key_for`: source hashes + plan + the code version of the recipe), so an unchanged case is never redone and
-any change of inputs or code makes a new one. `version_id_for` names a dataset version by its cases' keys.
+any change of inputs or code makes a new one. `version_id_for` names a dataset version by its cases' keys;
+`commit_dataset_version` makes the version of the cases written current (the preprocess flow's last step per
+dataset).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import numpy as np
 from storage import harmonize, readers
 from storage.harmonize import (
     NormalizationParams,
-    normalization_from_fingerprint,
+    normalization_for,
     normalize_intensity,
     resample_volume,
     resampled_shape,
     to_model_grid,
     volume_slices,
 )
+from storage.ingest_record import CaseRecord, IngestRecord
 from storage.readers import read_volume
 from storage.task_store import SCHEMA_VERSION, TaskStore, content_id
 
@@ -44,30 +48,19 @@ class PreprocessPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> PreprocessPlan:
-        return cls(
-            **{
-                **data,
-                "normalization": NormalizationParams(**data["normalization"]),
-                "target_spacing": tuple(data["target_spacing"]),
-                "axes": tuple(data["axes"]),
-            }
-        )
-
 
 def plan_for(
-    record: dict,
+    record: IngestRecord,
     resolution: int,
     axes: tuple[int, ...] = (0, 1, 2),
     empty_fraction: float = 0.1,
     ct_window: tuple[float, float] | None = None,
 ) -> PreprocessPlan:
-    """The plan of an ingested dataset (its record holds modality and fingerprint)."""
-    fingerprint = record["fingerprint"]
+    """The plan of an ingested dataset from its modality and fingerprint; a CT window overrides the percentiles."""
+    fingerprint = record.fingerprint
     return PreprocessPlan(
-        normalization=normalization_from_fingerprint(record["modality"], fingerprint, ct_window),
-        target_spacing=tuple(fingerprint["target_spacing"]),
+        normalization=normalization_for(record.modality, fingerprint.foreground_percentiles, ct_window),
+        target_spacing=tuple(fingerprint.target_spacing),
         resolution=resolution,
         axes=tuple(axes),
         empty_fraction=empty_fraction,
@@ -84,23 +77,23 @@ def recipe_code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def case_key_for(case: dict, plan: PreprocessPlan) -> str:
+def case_key_for(case: CaseRecord, plan: PreprocessPlan) -> str:
     """Content-derived key of one harmonized case."""
     return content_id(
         {
             "schema": SCHEMA_VERSION,
             "code": recipe_code_version(),
-            "image": case["image_sha256"],
-            "label": case["label_sha256"],
+            "image": case.image_sha256,
+            "label": case.label_sha256,
             "plan": plan.to_dict(),
         }
     )
 
 
-def version_id_for(record: dict, case_keys: list[str]) -> str:
-    """Content-derived id of the dataset version listing `case_keys` under the record's labels."""
-    names = sorted(zip((c["store_id"] for c in record["cases"]), case_keys, strict=True))
-    return content_id({"schema": SCHEMA_VERSION, "cases": names, "labels": record["labels"]})
+def version_id_for(record: IngestRecord, plan: PreprocessPlan) -> str:
+    """Content-derived id of the dataset version listing the record's cases, harmonized under `plan`, and labels."""
+    names = sorted((case.store_id, case_key_for(case, plan)) for case in record.cases)
+    return content_id({"schema": SCHEMA_VERSION, "cases": names, "labels": record.labels})
 
 
 def select_slices(labels: np.ndarray, empty_fraction: float, seed: int) -> list[int]:
@@ -111,20 +104,21 @@ def select_slices(labels: np.ndarray, empty_fraction: float, seed: int) -> list[
     return sorted(np.flatnonzero(has_label).tolist() + keep_empty.tolist())
 
 
-def sliced_axes(case: dict, plan: PreprocessPlan) -> list[int]:
+def sliced_axes(case: CaseRecord, plan: PreprocessPlan) -> list[int]:
     """The plan axes along which the resampled case has slices at least MIN_SLICE_SIDE voxels on both sides."""
-    shape = resampled_shape(case["shape"], case["spacing"], plan.target_spacing)
+    shape = resampled_shape(case.shape, case.spacing, plan.target_spacing)
     return [a for a in plan.axes if min(n for i, n in enumerate(shape) if i != a) >= MIN_SLICE_SIDE]
 
 
-def preprocess_case(store: TaskStore, dataset: str, case: dict, plan: PreprocessPlan) -> list[dict]:
-    """Harmonize one case (its ingest record) and write its slices along every plan axis; one summary per axis."""
+def preprocess_case(store: TaskStore, dataset: str, case: CaseRecord, plan: PreprocessPlan) -> list[dict]:
+    """Harmonize one case of an ingest record and write its slices along every plan axis; one summary per axis
+    (`TaskStore.write_case`'s, with the case's `store_id` as `case`)."""
     key = case_key_for(case, plan)
     summaries = {axis: store.case_summary(dataset, key, axis) for axis in sliced_axes(case, plan)}
     if all(summary is not None for summary in summaries.values()):
-        return [{**summary, "case": case["store_id"]} for summary in summaries.values()]
-    image = read_volume(Path(case["image"]))
-    label = read_volume(Path(case["label"]), dtype=np.int32)
+        return [{**summary, "case": case.store_id} for summary in summaries.values()]
+    image = read_volume(Path(case.image))
+    label = read_volume(Path(case.label), dtype=np.int32)
     normalized = normalize_intensity(image.array, plan.normalization)
     normalized = resample_volume(normalized, image.spacing, plan.target_spacing)
     label_map = resample_volume(label.array.astype(np.uint8), label.spacing, plan.target_spacing, label=True)
@@ -135,10 +129,34 @@ def preprocess_case(store: TaskStore, dataset: str, case: dict, plan: Preprocess
             continue
         in_plane = tuple(s for i, s in enumerate(plan.target_spacing) if i != axis)
         image_slices, label_slices = volume_slices(normalized, axis), volume_slices(label_map, axis)
-        keep = select_slices(label_slices, plan.empty_fraction, seed=int(case["image_sha256"][:8], 16) + axis)
+        keep = select_slices(label_slices, plan.empty_fraction, seed=int(case.image_sha256[:8], 16) + axis)
         images, _ = to_model_grid(image_slices[keep], plan.resolution, spacing=in_plane)
         labels, _ = to_model_grid(label_slices[keep].astype(np.float32), plan.resolution, label=True, spacing=in_plane)
         written.append(store.write_case(dataset, key, axis, np.clip(images, 0.0, 1.0), labels.astype(np.uint8), keep))
     # Case arrays are content-addressed and may be shared by several cases: the case id belongs to the summary
     # this case contributes to its dataset version, not to the arrays.
-    return [{**summary, "case": case["store_id"]} for summary in written]
+    return [{**summary, "case": case.store_id} for summary in written]
+
+
+def commit_dataset_version(store: TaskStore, record: IngestRecord, plan: PreprocessPlan, summaries: list[dict]) -> str:
+    """Make the version of `record`'s cases (every one written under `plan`; `summaries` are their
+    `preprocess_case` summaries) the dataset's current one: written and marked complete first unless it exists
+    complete already. Returns its id."""
+    version = version_id_for(record, plan)
+    if store.has_complete_version(record.dataset, version):
+        if record.dataset not in store.datasets() or store.current_version(record.dataset) != version:
+            store.point_current(record.dataset, version)
+        return version
+    meta = {
+        "center": record.center,
+        "modality": record.modality,
+        "labels": record.labels,
+        "fingerprint": record.fingerprint.model_dump(),
+        "normalization": plan.normalization.to_dict(),
+        "plan": plan.to_dict(),
+        "source_hashes": {
+            case.store_id: {"image": case.image_sha256, "label": case.label_sha256} for case in record.cases
+        },
+    }
+    store.commit_version(record.dataset, version, meta, summaries)
+    return version

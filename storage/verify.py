@@ -3,7 +3,8 @@
 `check_case` reads one case once and returns every problem it finds (files missing or unreadable, NaN/Inf voxels,
 zero or negative spacing, image/label shape, spacing or affine disagreement, label values outside the declared
 labels, an empty label map), each naming its file relative to the dataset root. When a case has no problem it also
-returns the ingest record of the case (content hashes, geometry, a foreground intensity sample for the fingerprint).
+returns it as a `CheckedCase`: the `SourceCase` facts its ingest record keeps (sources, content hashes, geometry;
+storage.ingest_record) and a foreground intensity sample for the dataset fingerprint.
 `verify_dataset` runs it on every case; `promptseg verify` prints the result, ingest reports and skips bad cases.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from storage.errors import RawDataError
 from storage.fingerprint import foreground_sample
@@ -33,6 +35,30 @@ class Problem:
         return asdict(self)
 
 
+class SourceCase(BaseModel):
+    """One good source case as ingest records it: its source id and files, their content hashes (SHA-256) and the
+    image's RAS shape and spacing (mm)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    case: str
+    image: str
+    label: str
+    image_sha256: str
+    label_sha256: str
+    shape: list[int]
+    spacing: list[float]
+
+
+@dataclass(frozen=True)
+class CheckedCase:
+    """A case without problems: its facts and a sample of its foreground intensities (storage.fingerprint), which only
+    the dataset fingerprint uses (the ingest record does not keep it)."""
+
+    source: SourceCase
+    foreground_sample: list[float]
+
+
 def relative(path: Path, root: Path) -> str:
     """A path as reported: relative to the dataset root where it lies below it."""
     try:
@@ -49,8 +75,8 @@ def _read(path: Path, dtype: type, case: str, root: Path, problems: list[Problem
         return None
 
 
-def check_case(case: RawCase, labels: dict[int, str], root: Path) -> tuple[dict | None, list[Problem]]:
-    """(the case's ingest record or None, every problem found)."""
+def check_case(case: RawCase, labels: dict[int, str], root: Path) -> tuple[CheckedCase | None, list[Problem]]:
+    """(the checked case, or None when it has problems; every problem found)."""
     problems: list[Problem] = []
     image = _read(case.image, np.float32, case.case_id, root, problems)
     label = _read(case.label, np.int32, case.case_id, root, problems)
@@ -96,16 +122,16 @@ def check_case(case: RawCase, labels: dict[int, str], root: Path) -> tuple[dict 
         problems.append(Problem(case.case_id, label_file, "label map is empty"))
     if problems:
         return None, problems
-    return {
-        "case": case.case_id,
-        "image": str(case.image),
-        "label": str(case.label),
-        "image_sha256": source_sha256(case.image),
-        "label_sha256": source_sha256(case.label),
-        "shape": list(image.array.shape),
-        "spacing": list(image.spacing),
-        "foreground_sample": foreground_sample(image.array, label.array, seed=0),
-    }, []
+    source = SourceCase(
+        case=case.case_id,
+        image=str(case.image),
+        label=str(case.label),
+        image_sha256=source_sha256(case.image),
+        label_sha256=source_sha256(case.label),
+        shape=list(image.array.shape),
+        spacing=list(image.spacing),
+    )
+    return CheckedCase(source, foreground_sample(image.array, label.array, seed=0)), []
 
 
 def dataset_root(source: Path) -> Path:

@@ -1,8 +1,8 @@
 """Held-out evaluation: a trained network beside every baseline, on tasks never seen in training.
 
-Two profiles (`eval_spec`): `quick` (after every training, in the demo and tests) evaluates the network, the trivial
-baselines and the wrong-task-prompts control at N ∈ {1, 4, 8} with 3 prompt resamples; `full` (on demand) goes to
-N = 64 with and without ensembling, 5 resamples, beside the UniverSeg-style and supervised-UNet baselines.
+Two profiles (`report.eval_spec`): `quick` (after every training, in the demo and tests) evaluates the network, the
+trivial baselines and the wrong-task-prompts control at N ∈ {1, 4, 8} with 3 prompt resamples; `full` (on demand)
+goes to N = 64 with and without ensembling, 5 resamples, beside the UniverSeg-style and supervised-UNet baselines.
 
 For each held-out task (label names matching the held-out spec), each prompt count N and each resample, prompts
 and queries are chosen by `storage.sampler.choose_prompts_and_queries` (queries from other cases than the
@@ -20,8 +20,8 @@ skipped, never filled with query slices. Methods, all on the same prompts and qu
 Every query gets Dice, IoU and HD95 (pixels of the model grid); a resample's score is the mean over its queries.
 Each summary cell is the mean over tasks of the mean over resamples, ± the typical sd over resamples (root mean
 square over tasks); Dice tables per task, per dataset and per center at the largest N follow. Writes
-results.json, results.md, a Dice-vs-N plot with error bars and overlay PNGs of the network's best, median and
-worst queries at the largest N.
+results.json (the `report.EvaluationReport`), results.md, a Dice-vs-N plot with error bars and overlay PNGs of the
+network's best, median and worst queries at the largest N, and returns the `report.Evaluation`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -43,6 +42,15 @@ from torch import nn
 
 from promptseg.evaluation.baselines import mean_prompt_mask, most_similar_prompt_mask
 from promptseg.evaluation.metrics import segmentation_metrics, summarize
+from promptseg.evaluation.report import (
+    Breakdowns,
+    EpisodeScore,
+    EvalSpec,
+    Evaluation,
+    EvaluationReport,
+    SkippedCell,
+    Stat,
+)
 from promptseg.evaluation.supervised import build_supervised_unet, fit_supervised_unet, predict_supervised
 from promptseg.inference.predictor import MODEL_GRID, Predictor
 from storage.sampler import Episode, choose_prompts_and_queries, read_episode, split_tasks
@@ -53,35 +61,6 @@ OTHER_TASK = "_other_task_prompts"
 
 
 ENSEMBLE = "_ensemble"
-
-
-@dataclass
-class EvalSpec:
-    """What an evaluation runs; recorded with its results and on the model version it scores."""
-
-    held_out: list[str] = field(default_factory=lambda: ["kidney*"])
-    profile: str = "quick"
-    n_prompts: list[int] = field(default_factory=lambda: [1, 4, 8])
-    resamples: int = 3
-    queries: int = 4
-    seed: int = 0
-    ensembles: list[int] = field(default_factory=lambda: [1])
-    min_gap: int = 3
-    supervised_steps: int = 0
-
-
-PROFILES: dict[str, dict] = {
-    "quick": {"n_prompts": [1, 4, 8], "resamples": 3, "ensembles": [1], "supervised_steps": 0},
-    "full": {"n_prompts": [1, 2, 4, 8, 16, 32, 64], "resamples": 5, "ensembles": [1, 5], "supervised_steps": 400},
-}
-
-
-def eval_spec(profile: str, held_out: list[str], **overrides: object) -> EvalSpec:
-    """The spec of a named profile, with explicit overrides (None values are ignored)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown evaluation profile {profile!r}; choose one of {sorted(PROFILES)}")
-    chosen = {k: v for k, v in overrides.items() if v is not None}
-    return EvalSpec(held_out=list(held_out), profile=profile, **{**PROFILES[profile], **chosen})
 
 
 def overlay_png(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, path: Path, title: str) -> None:
@@ -98,14 +77,14 @@ def overlay_png(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndar
     plt.close(figure)
 
 
-def _dice_vs_n_plot(summary: dict, path: Path) -> None:
+def _dice_vs_n_plot(summary: dict[str, dict[str, dict[str, Stat]]], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
     for method, per_n in summary.items():
         ns = sorted(per_n, key=int)
         axis.errorbar(
             [int(n) for n in ns],
-            [per_n[n]["dice"]["mean"] for n in ns],
-            yerr=[per_n[n]["dice"]["sd"] for n in ns],
+            [per_n[n]["dice"].mean for n in ns],
+            yerr=[per_n[n]["dice"].sd for n in ns],
             marker="o",
             capsize=3,
             label=method,
@@ -195,7 +174,7 @@ def evaluate(
     out_dir: Path,
     baselines: dict[str, nn.Module] | None = None,
     supervised_cache: Path | None = None,
-) -> dict:
+) -> Evaluation:
     """Evaluate on the held-out tasks of `store`; return the report (also written to `out_dir`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(exist_ok=True)
@@ -212,7 +191,9 @@ def evaluate(
         _Supervised(store, spec.supervised_steps, spec.seed, supervised_cache) if spec.supervised_steps else None
     )
     largest = max(spec.n_prompts)
-    rows, skipped, shown = [], [], []
+    rows: list[EpisodeScore] = []
+    skipped: list[SkippedCell] = []
+    shown: list[tuple] = []
     for index, task in enumerate(track(tasks, description="evaluating held-out tasks")):
         other = _other_task(tasks, index)
         for n in spec.n_prompts:
@@ -220,7 +201,7 @@ def evaluate(
                 rng = np.random.default_rng([spec.seed, zlib.crc32(task.task_id.encode()), n, resample])
                 chosen = choose_prompts_and_queries(task, n, spec.queries, rng, spec.min_gap)
                 if chosen is None:
-                    skipped.append({"task": task.task_id, "n_prompts": n, "reason": "not enough slices"})
+                    skipped.append(SkippedCell(task=task.task_id, n_prompts=n, reason="not enough slices"))
                     break
                 episode = read_episode(store, task, *chosen)
                 wrong = other and choose_prompts_and_queries(other, n, 1, rng, spec.min_gap)
@@ -236,17 +217,17 @@ def evaluate(
                         segmentation_metrics(p > 0.5, t) for p, t in zip(probs, episode.query_masks[:, 0], strict=True)
                     ]
                     rows.append(
-                        {
-                            "task": task.task_id,
-                            "dataset": task.dataset,
-                            "center": task.center,
-                            "n_prompts": n,
-                            "resample": resample,
-                            "method": method,
-                            "query_cases": list(query_cases),
+                        EpisodeScore(
+                            task=task.task_id,
+                            dataset=task.dataset,
+                            center=task.center,
+                            n_prompts=n,
+                            resample=resample,
+                            method=method,
+                            query_cases=list(query_cases),
                             **{m: summarize([q[m] for q in per_query])["mean"] for m in METRICS},
-                            "per_query_dice": [q["dice"] for q in per_query],
-                        }
+                            per_query_dice=[q["dice"] for q in per_query],
+                        )
                     )
                     if method == primary and n == largest:
                         shown += [
@@ -255,43 +236,44 @@ def evaluate(
                                 per_query, episode.query_images[:, 0], episode.query_masks[:, 0], probs, strict=True
                             )
                         ]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
     summary = {
         method: {
             str(n): {m: _over_resamples(cell, m) for m in METRICS}
             for n in spec.n_prompts
-            if (cell := [r for r in rows if r["method"] == method and r["n_prompts"] == n])
+            if (cell := [r for r in rows if r.method == method and r.n_prompts == n])
         }
         for method in methods
     }
-    at_largest = [r for r in rows if r["n_prompts"] == largest]
-    breakdowns = {
-        group: {
-            value: {
-                method: _over_resamples(cell, "dice")
-                for method in methods
-                if (cell := [r for r in at_largest if r[group] == value and r["method"] == method])
+    at_largest = [r for r in rows if r.n_prompts == largest]
+    breakdowns = Breakdowns(
+        **{
+            group: {
+                value: {
+                    method: _over_resamples(cell, "dice")
+                    for method in methods
+                    if (cell := [r for r in at_largest if getattr(r, group) == value and r.method == method])
+                }
+                for value in dict.fromkeys(getattr(r, group) for r in at_largest)
             }
-            for value in dict.fromkeys(r[group] for r in at_largest)
+            for group in Breakdowns.model_fields
         }
-        for group in ("task", "dataset", "center")
-    }
-    overlays = _best_median_worst_overlays(shown, out_dir / "overlays", largest)
-    report = {
-        "spec": asdict(spec),
-        "primary": primary,
-        "summary": summary,
-        "dice_at_largest_n": breakdowns,
-        "overlays": overlays,
-        "skipped": skipped,
-        "rows": rows,
-        "tasks": [t.task_id for t in tasks],
-        "supervised_trained": supervised.trained if supervised else 0,
-    }
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "results.md").write_text(_markdown(summary, breakdowns, spec), encoding="utf-8")
+    )
+    report = EvaluationReport(
+        spec=spec,
+        primary=primary,
+        summary=summary,
+        dice_at_largest_n=breakdowns,
+        overlays=_best_median_worst_overlays(shown, out_dir / "overlays", largest),
+        skipped=skipped,
+        rows=rows,
+        tasks=[t.task_id for t in tasks],
+        supervised_trained=supervised.trained if supervised else 0,
+    )
+    (out_dir / "results.json").write_text(json.dumps(report.model_dump(), indent=2))
+    (out_dir / "results.md").write_text(_markdown(report), encoding="utf-8")
     _dice_vs_n_plot(summary, out_dir / "dice_vs_n.png")
-    return report
+    return Evaluation(report=report, report_dir=out_dir, store_snapshot_id=store.snapshot_id())
 
 
 def _best_median_worst_overlays(shown: list[tuple], folder: Path, n: int) -> dict[str, str]:
@@ -305,24 +287,25 @@ def _best_median_worst_overlays(shown: list[tuple], folder: Path, n: int) -> dic
     return {name: f"overlays/{name}.png" for name in picks}
 
 
-def _over_resamples(rows: list[dict], metric: str) -> dict:
+def _over_resamples(rows: list[EpisodeScore], metric: str) -> Stat:
     """Mean over tasks of each task's mean over prompt resamples; sd is the root mean square over tasks of each
     task's sd over resamples (the spread that re-drawing the prompts causes, not the spread between tasks)."""
     by_task: dict[str, list[float]] = {}
     for row in rows:
-        by_task.setdefault(row["task"], []).append(row[metric])
+        by_task.setdefault(row.task, []).append(getattr(row, metric))
     stats = [s for s in (summarize(values) for values in by_task.values()) if s["count"]]
     if not stats:
-        return {"mean": float("nan"), "sd": float("nan"), "count": 0, "tasks": 0}
-    return {
-        "mean": float(np.mean([s["mean"] for s in stats])),
-        "sd": float(np.sqrt(np.mean([s["sd"] ** 2 for s in stats]))),
-        "count": int(sum(s["count"] for s in stats)),
-        "tasks": len(stats),
-    }
+        return Stat(mean=float("nan"), sd=float("nan"), count=0, tasks=0)
+    return Stat(
+        mean=float(np.mean([s["mean"] for s in stats])),
+        sd=float(np.sqrt(np.mean([s["sd"] ** 2 for s in stats]))),
+        count=int(sum(s["count"] for s in stats)),
+        tasks=len(stats),
+    )
 
 
-def _markdown(summary: dict, breakdowns: dict, spec: EvalSpec) -> str:
+def _markdown(report: EvaluationReport) -> str:
+    spec, summary = report.spec, report.summary
     lines = [f"Profile `{spec.profile}`, held out {spec.held_out}, {spec.resamples} prompt resamples.", ""]
     for metric in METRICS:
         lines += [
@@ -333,15 +316,13 @@ def _markdown(summary: dict, breakdowns: dict, spec: EvalSpec) -> str:
         ]
         for method, per_n in summary.items():
             cells = [
-                f"{per_n[str(n)][metric]['mean']:.3f} ± {per_n[str(n)][metric]['sd']:.3f}"
-                if str(n) in per_n
-                else "skipped"
+                f"{per_n[str(n)][metric].mean:.3f} ± {per_n[str(n)][metric].sd:.3f}" if str(n) in per_n else "skipped"
                 for n in spec.n_prompts
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     methods = list(summary)
-    for group, table in breakdowns.items():
+    for group, table in report.dice_at_largest_n:
         lines += [
             f"### Dice per {group} at N={max(spec.n_prompts)} (mean ± sd over prompt resamples)",
             "",
@@ -349,19 +330,7 @@ def _markdown(summary: dict, breakdowns: dict, spec: EvalSpec) -> str:
             "|---|" + "---|" * len(methods),
         ]
         for value, per_method in table.items():
-            cells = [
-                f"{per_method[m]['mean']:.3f} ± {per_method[m]['sd']:.3f}" if m in per_method else "–" for m in methods
-            ]
+            cells = [f"{per_method[m].mean:.3f} ± {per_method[m].sd:.3f}" if m in per_method else "–" for m in methods]
             lines.append(f"| {value or '(none)'} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def headline_scores(report: dict) -> dict[str, float]:
-    """Mean Dice per method at the largest evaluated N (the scores tagged on a model version)."""
-    return {
-        f"dice_{method}_n{n}": per_n[n]["dice"]["mean"]
-        for method, per_n in report["summary"].items()
-        for n in [max(per_n, key=int, default=None)]
-        if n is not None
-    }

@@ -4,7 +4,7 @@
   `model_config.json` (architecture, size, resolution, N_max) and `model_card.json`, logged as an MLflow pyfunc
   from code (promptseg/registry/pyfunc_model.py) whose loader rebuilds the network through the model factory.
 - Version tags: the run's lineage (git commit, store snapshot id, fingerprint hash, held-out spec) and, after
-  evaluation, the held-out scores.
+  evaluation, the held-out scores with what they were measured on (`RecordedEvaluation`).
 - Aliases: `challenger` (just trained) and `champion` (served). Every alias move is recorded as its own tag on
   the registered model (`<alias>_move_<n>`: when, who, from and to which version, why, and the scores the decision
   rested on), so the history can be listed and a rollback is one command; versions are never rewritten.
@@ -20,11 +20,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from promptseg.nets.checkpoint import CONFIG, WEIGHTS
@@ -51,6 +53,19 @@ class LoadedModel:
     model_card: dict
 
 
+class RecordedEvaluation(BaseModel):
+    """The held-out scores a version is tagged with and what they were measured on: the evaluation spec (as JSON),
+    the store snapshot and the primary method (the evaluated network). The evaluation builds it
+    (promptseg.evaluation.report.Evaluation.recorded); `tag_evaluation` writes it, `recorded_evaluation` reads it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scores: dict[str, float]
+    spec: dict[str, Any]
+    store_snapshot_id: str
+    primary: str
+
+
 def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict:
     """Model card with fields after a MONAI bundle's metadata.json."""
     r = config["resolution"]
@@ -74,7 +89,7 @@ def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict
 
 
 def register_checkpoint(
-    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, evaluation: dict | None = None
+    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, evaluation: RecordedEvaluation | None = None
 ) -> str:
     """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger; the
     training's held-out `evaluation` (scores, spec, store snapshot) goes into the model card and the version's tags."""
@@ -85,7 +100,7 @@ def register_checkpoint(
     config = json.loads((checkpoint_dir / CONFIG).read_text())
     with tempfile.TemporaryDirectory() as folder:
         card_path = Path(folder) / "model_card.json"
-        scores = evaluation["scores"] if evaluation else None
+        scores = evaluation.scores if evaluation else None
         card_path.write_text(json.dumps(model_card(config, run_tags, scores), indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
@@ -188,28 +203,27 @@ def download_checkpoint(tracking_uri: str, name: str, version: str, parent: Path
     return folder
 
 
-def tag_evaluation(tracking_uri: str, name: str, version: str, evaluation: dict) -> None:
+def tag_evaluation(tracking_uri: str, name: str, version: str, evaluation: RecordedEvaluation) -> None:
     """Tag a version with held-out scores (`heldout_<score>`) and what they were measured on (`heldout_eval_spec`:
     the evaluation spec, the store snapshot and the primary method)."""
     client = MlflowClient(tracking_uri)
-    for key, value in evaluation["scores"].items():
+    for key, value in evaluation.scores.items():
         client.set_model_version_tag(name, version, f"heldout_{key}", f"{value:.6f}")
-    measured_on = {
-        "spec": evaluation["spec"],
-        "store_snapshot_id": evaluation["store_snapshot_id"],
-        "primary": evaluation["primary"],
-    }
+    measured_on = evaluation.model_dump(exclude={"scores"})
     client.set_model_version_tag(name, version, "heldout_eval_spec", json.dumps(measured_on))
 
 
-def recorded_evaluation(tracking_uri: str, name: str, version: str) -> dict | None:
-    """The held-out scores tagged on a version with the spec, store snapshot and primary method they were measured
-    with, or None if the version was never evaluated."""
+def recorded_evaluation(tracking_uri: str, name: str, version: str) -> RecordedEvaluation | None:
+    """The held-out evaluation tagged on a version, or None if it never was (or was before the primary method was
+    recorded beside the scores: such scores are measured again rather than guessed at)."""
     tags = MlflowClient(tracking_uri).get_model_version(name, version).tags
     if "heldout_eval_spec" not in tags:
         return None
+    measured_on = json.loads(tags["heldout_eval_spec"])
+    if "primary" not in measured_on:
+        return None
     scores = {k.removeprefix("heldout_"): float(v) for k, v in tags.items() if k.startswith("heldout_dice_")}
-    return {**json.loads(tags["heldout_eval_spec"]), "scores": scores}
+    return RecordedEvaluation(**measured_on, scores=scores)
 
 
 def version_run_id(tracking_uri: str, name: str, version: str) -> str:

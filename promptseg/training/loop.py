@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import ray.train
 import torch
+from pydantic import BaseModel, ConfigDict
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
@@ -92,12 +93,16 @@ class TrainConfig:
         return self.lr * self.num_workers
 
 
-@dataclass(frozen=True)
-class TrainingResult:
+class TrainingResult(BaseModel):
+    """A finished training run: its MLflow run, its final checkpoint folder and the last reported loss (averaged
+    over the workers)."""
+
+    model_config = ConfigDict(frozen=True)
+
     run_id: str
     run_name: str
     checkpoint_dir: Path
-    metrics: dict
+    final_loss: float
 
 
 def _learning_rate_factor(step: int, config: TrainConfig) -> float:
@@ -375,5 +380,6 @@ def run_training(
             shutil.rmtree(final)
         result.checkpoint.to_directory(str(final))
         run.log_artifacts(final, artifact_path="checkpoint")
-        run.log_metrics({"final_loss": result.metrics["loss"]})
-    return TrainingResult(config.run_id, run_name, final, dict(result.metrics))
+        final_loss = float(result.metrics["loss"])
+        run.log_metrics({"final_loss": final_loss})
+    return TrainingResult(run_id=config.run_id, run_name=run_name, checkpoint_dir=final, final_loss=final_loss)

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from pipelines import stages
+from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
+from storage.reports import PreprocessReport
 from storage.synthetic import write_synthetic_datasets
 
 TRAIN_STEPS = 300
@@ -34,7 +36,7 @@ def raw_sources(settings: Settings) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def preprocessed(settings: Settings, prefect_harness: None, raw_sources: list[Path]) -> dict:
+def preprocessed(settings: Settings, prefect_harness: None, raw_sources: list[Path]) -> PreprocessReport:
     """Ingest and preprocess every source once; returns the preprocess report."""
     stages.ingest(settings, raw_sources)
     return stages.preprocess(settings)
@@ -50,16 +52,16 @@ def ray_head(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def trained(settings: Settings, preprocessed: dict, ray_head: str) -> dict:
+def trained(settings: Settings, preprocessed: PreprocessReport, ray_head: str) -> TrainingOutcome:
     """The one model trained per session (2 Ray workers), evaluated (quick profile) and registered as the
     challenger."""
     return stages.train(settings, steps=TRAIN_STEPS, run_name="session-model")
 
 
 @pytest.fixture(scope="session")
-def served(settings: Settings, trained: dict) -> str:
+def served(settings: Settings, trained: TrainingOutcome) -> str:
     """The trained version promoted to champion and served over HTTP; returns the base URL."""
-    stages.promote(settings, version=trained["version"])
+    stages.promote(settings, version=trained.version)
     return stages.serve(settings)
 
 

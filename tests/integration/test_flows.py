@@ -10,6 +10,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from pipelines.flows import preprocess_flow
 from pipelines.settings import Settings
+from storage.ingest_record import load_ingest_records
+from storage.reports import PreprocessReport
 from storage.sampler import split_tasks
 from storage.task_store import TaskStore
 
@@ -26,9 +28,9 @@ def _file_times(root: str) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
 
 
-def test_preprocess_writes_every_center_and_format(settings: Settings, preprocessed: dict) -> None:
+def test_preprocess_writes_every_center_and_format(settings: Settings, preprocessed: PreprocessReport) -> None:
     store = TaskStore.open(settings.store, settings.resolution)
-    assert store.datasets() == DATASETS and not preprocessed["failures"]
+    assert store.datasets() == DATASETS and not preprocessed.failures
     for name, modality, center in [
         ("synth-center-a", "CT", "center-a"),
         ("synth-center-b", "MR", "center-b"),
@@ -47,19 +49,22 @@ def test_preprocess_writes_every_center_and_format(settings: Settings, preproces
     assert [int(m.sum()) for m in masks] == [s.foreground for s in kidney.slices[:4]]
 
 
-def test_store_names_cases_by_keyed_pseudonyms_only(settings: Settings, preprocessed: dict) -> None:
+def test_store_names_cases_by_keyed_pseudonyms_only(settings: Settings, preprocessed: PreprocessReport) -> None:
     store = TaskStore.open(settings.store)
     attributes = json.dumps([store.version_info(name) for name in store.datasets()])
     assert "center-a_000" not in attributes and "case000" not in attributes
     cases = {ref.case for task in store.tasks() for ref in task.slices}
     assert all(len(case) == 17 and case.startswith("c") for case in cases)
+    records = load_ingest_records(settings.data.raw_dir)
+    assert [r.dataset for r in records] == DATASETS
+    assert cases <= {case.store_id for record in records for case in record.cases}  # the workspace links them back
 
 
-def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, preprocessed: dict) -> None:
+def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, preprocessed: PreprocessReport) -> None:
     before, snapshot = _file_times(settings.store), TaskStore.open(settings.store).snapshot_id()
     state = preprocess_flow(str(settings.data.raw_dir), settings.store, settings.resolution, return_state=True)
     report = state.result()
-    assert [d["version"] for d in report["datasets"]] == [d["version"] for d in preprocessed["datasets"]]
+    assert [d.version for d in report.datasets] == [d.version for d in preprocessed.datasets]
     states = _task_run_states(state.state_details.flow_run_id)
     assert len(states) == 1 + 3 * 4 and set(states) == {"Cached"}
     assert _file_times(settings.store) == before

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.flows import ingest_flow, preprocess_flow
+from storage.ingest_record import Failure, IngestRecord
 from storage.preprocess import plan_for, preprocess_case
+from storage.reports import IngestedDataset
 from storage.synthetic import CENTERS, write_png_dataset, write_synthetic_datasets
 from storage.task_store import TaskStore
 
@@ -145,23 +147,24 @@ def test_every_kind_of_bad_case_is_reported_and_good_cases_land(
 ) -> None:
     assert len(CORPUS) >= 12
     report = ingest_flow([str(corpus)], str(tmp_path / "raw"), str(tmp_path / "secret.key"))
-    assert report["datasets"] == [
-        {"dataset": "corpus", "center": "lab", "modality": "MR", "cases": 2, "rejected": len(CORPUS)}
+    assert report.datasets == [
+        IngestedDataset(dataset="corpus", center="lab", modality="MR", cases=2, rejected=len(CORPUS))
     ]
-    by_case: dict[str, list[dict]] = {}
-    for failure in report["failures"]:
-        by_case.setdefault(failure["case"], []).append(failure)
+    by_case: dict[str, list[Failure]] = {}
+    for failure in report.failures:
+        by_case.setdefault(failure.case, []).append(failure)
     assert set(by_case) == set(CORPUS)
     for kind, (_, _, reason, blamed) in CORPUS.items():
         suffix = "_seg.nii.gz" if blamed == "label" else ".nii.gz"
-        assert any(reason in f["problem"] and f["file"] == f"cases/{kind}{suffix}" for f in by_case[kind]), (
+        assert any(reason in f.problem and f.file == f"cases/{kind}{suffix}" for f in by_case[kind]), (
             kind,
             by_case[kind],
         )
-    record = json.loads((tmp_path / "raw" / "corpus.json").read_text())
-    assert [case["case"] for case in record["cases"]] == ["good-1", "good-2"]
+    record = IngestRecord.load(tmp_path / "raw" / "corpus.json")
+    assert [case.case for case in record.cases] == ["good-1", "good-2"]
+    assert record.rejected == report.failures  # the record keeps why each bad case was left out
     summary = preprocess_flow(str(tmp_path / "raw"), str(tmp_path / "store.zarr"), 32)
-    assert summary["datasets"][0]["cases"] == 2 and not summary["failures"]
+    assert summary.datasets[0].cases == 2 and not summary.failures
 
 
 def test_verify_prints_every_problem_with_its_file(corpus: Path) -> None:
@@ -176,12 +179,12 @@ def test_killed_run_is_invisible_and_the_next_run_completes_it(prefect_harness: 
     [source] = [write_synthetic_datasets(tmp_path / "src", n_cases=3, seed=3)[0]]
     raw, url = tmp_path / "raw", str(tmp_path / "store.zarr")
     ingest_flow([str(source)], str(raw), str(tmp_path / "secret.key"))
-    record = json.loads((raw / "synth-center-a.json").read_text())
+    record = IngestRecord.load(raw / "synth-center-a.json")
     store = TaskStore.open(url, 32, create=True)
-    preprocess_case(store, record["dataset"], record["cases"][0], plan_for(record, 32))  # then the run "dies"
+    preprocess_case(store, record.dataset, record.cases[0], plan_for(record, 32))  # then the run "dies"
     assert TaskStore.open(url, 32).datasets() == []  # nothing half-written is visible
     report = preprocess_flow(str(raw), url, 32)
-    assert report["datasets"][0]["cases"] == 3
+    assert report.datasets[0].cases == 3
     assert TaskStore.open(url, 32).datasets() == ["synth-center-a"]
 
 
@@ -189,14 +192,14 @@ def test_changed_case_makes_a_new_version(prefect_harness: None, tmp_path: Path)
     source = write_synthetic_datasets(tmp_path / "src", n_cases=2, seed=4)[0]
     raw, url, secret = tmp_path / "raw", str(tmp_path / "store.zarr"), str(tmp_path / "secret.key")
     ingest_flow([str(source)], str(raw), secret)
-    first = preprocess_flow(str(raw), url, 32)["datasets"][0]["version"]
+    first = preprocess_flow(str(raw), url, 32).datasets[0].version
     label_path = source / "labelsTr" / "center-a_001.nii.gz"
     label = nib.load(label_path)
     data = np.asarray(label.dataobj).copy()
     data[data == 4] = 1  # the lesions disappear from one case
     nib.save(nib.Nifti1Image(data, label.affine), label_path)
     ingest_flow([str(source)], str(raw), secret)
-    second = preprocess_flow(str(raw), url, 32)["datasets"][0]["version"]
+    second = preprocess_flow(str(raw), url, 32).datasets[0].version
     store = TaskStore.open(url, 32)
     assert second != first and store.current_version("synth-center-a") == second
     assert store.has_complete_version("synth-center-a", first)
@@ -226,11 +229,11 @@ def test_patient_identifiers_reach_neither_store_nor_records_nor_artifacts(
     raw, url = tmp_path / "raw", tmp_path / "store.zarr"
     ingest = ingest_flow([str(dicom)], str(raw), str(tmp_path / "secret.key"))
     report = preprocess_flow(str(raw), str(url), 32)
-    assert report["datasets"][0]["cases"] == 2
+    assert report.datasets[0].cases == 2
     with get_client(sync_client=True) as client:
         artifacts = json.dumps([a.data for a in client.read_artifacts()])
         logs = json.dumps([log.message for log in client.read_logs()])
-    texts = [json.dumps(ingest), json.dumps(report), artifacts, logs]
+    texts = [ingest.model_dump_json(), report.model_dump_json(), artifacts, logs]
     texts += [p.read_text(errors="ignore") for p in raw.rglob("*.json")]
     blobs = [p.read_bytes() for p in url.rglob("*") if p.is_file()]
     for secret in ("DOE", "JANE", "MRN-0042"):

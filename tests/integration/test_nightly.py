@@ -27,13 +27,16 @@ import mlflow
 import pytest
 import torch
 
-from pipelines.nightly import NightlyAlreadyRunning, NightlyConfig, NightlyFailed, nightly, single_run
+from pipelines.nightly import NightlyAlreadyRunning, NightlyConfig, NightlyFailed, RollOut, nightly, single_run
+from pipelines.outcomes import TrainingOutcome
 from pipelines.retention import RetentionLimits
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import load_model, save_model
 from promptseg.nets.factory import build_model
 from promptseg.registry.versions import CHAMPION, alias_version, move_alias, register_checkpoint
-from promptseg.serving.app import deploy, options_from
+from promptseg.serving.app import deploy
+from promptseg.serving.options import options_from
+from storage.reports import PreprocessReport
 
 MODEL = "promptseg-nightly"
 CLI = [str(Path(sys.executable).with_name("promptseg"))]
@@ -41,7 +44,7 @@ CLI = [str(Path(sys.executable).with_name("promptseg"))]
 
 @pytest.fixture(scope="module")
 def nightly_settings(
-    settings: Settings, preprocessed: dict, ray_head: str, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, preprocessed: PreprocessReport, ray_head: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
     root = tmp_path_factory.mktemp("nightly-workspace")
     shutil.copy(settings.data.secret_path, root / "secret.key")
@@ -59,20 +62,20 @@ def nightly_settings(
 
 
 @pytest.fixture(scope="module")
-def endpoint(nightly_settings: Settings, trained: dict) -> str:
+def endpoint(nightly_settings: Settings, trained: TrainingOutcome) -> str:
     """An untrained network (all weights zero: probability 0.5 everywhere, so empty masks) registered as the
     champion of `promptseg-nightly`, served at /nightly."""
     folder = nightly_settings.root / "untrained"
-    network = build_model(load_model(Path(trained["checkpoint"])).config)
+    network = build_model(load_model(trained.checkpoint_dir).config)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.zero_()
     save_model(network, folder)
-    version = register_checkpoint(folder, trained["run_id"], nightly_settings.registry.tracking_uri, MODEL)
+    version = register_checkpoint(folder, trained.run_id, nightly_settings.registry.tracking_uri, MODEL)
     move_alias(
         nightly_settings.registry.tracking_uri, MODEL, CHAMPION, version, reason="nightly test: untrained champion"
     )
-    options = options_from(nightly_settings)
+    options = options_from(nightly_settings.serve)
     return deploy(nightly_settings.registry.tracking_uri, MODEL, CHAMPION, options, "promptseg-nightly", "/nightly")
 
 
@@ -90,51 +93,44 @@ def test_a_better_challenger_is_promoted_and_rolled_out(
 ) -> None:
     untrained = _served_version(endpoint)
     report = nightly(_config(raw_sources, endpoint))
-    steps = report["steps"]
-    assert report["status"] == "succeeded" and list(steps) == [
-        "ingest",
-        "preprocess",
-        "train",
-        "gate",
-        "roll_out",
-        "retention",
-    ]
-    challenger = steps["train"]["version"]
-    assert steps["gate"]["promoted"] and steps["gate"]["champion_before"] == untrained
-    assert steps["gate"]["challenger_dice"] > steps["gate"]["champion_dice"]
-    assert steps["gate"]["reused"]["challenger"]  # measured once, right after training
-    assert steps["roll_out"] == {"rolled": True, "serving": challenger, "url": endpoint}
+    assert report.status == "succeeded"
+    assert report.completed_steps() == ["ingest", "preprocess", "train", "gate", "roll_out", "retention"]
+    challenger = report.train.version
+    assert report.gate.promoted and report.gate.champion_before == untrained
+    assert report.gate.challenger_dice > report.gate.champion_dice
+    assert report.gate.reused["challenger"]  # measured once, right after training
+    assert report.roll_out == RollOut(rolled=True, serving=challenger, url=endpoint)
     assert _served_version(endpoint) == challenger  # responses now carry the new version
     assert len(list((nightly_settings.root / "checkpoints").iterdir())) == 1  # retention: newest only
 
     runs = mlflow.search_runs(
         experiment_names=[f"{nightly_settings.registry.experiment}-nightly"],
-        filter_string=f"run_name = '{report['name']}'",
+        filter_string=f"run_name = '{report.name}'",
     )
     assert runs["tags.status"].tolist() == ["succeeded"]
     assert json.loads(runs["tags.step_gate"].iloc[0])["promoted"] is True
 
 
 def test_a_worse_fine_tuned_challenger_leaves_the_champion_serving(
-    nightly_settings: Settings, endpoint: str, raw_sources: list[Path], trained: dict, prefect_harness: None
+    nightly_settings: Settings, endpoint: str, raw_sources: list[Path], trained: TrainingOutcome, prefect_harness: None
 ) -> None:
     tracking = nightly_settings.registry.tracking_uri
-    orphan = register_checkpoint(Path(trained["checkpoint"]), trained["run_id"], tracking, MODEL)  # never promoted
+    orphan = register_checkpoint(trained.checkpoint_dir, trained.run_id, tracking, MODEL)  # never promoted
     # the session's model (300 steps), registered with the evaluation measured right after its training
-    strong = register_checkpoint(Path(trained["checkpoint"]), trained["run_id"], tracking, MODEL, trained["evaluation"])
+    strong = register_checkpoint(trained.checkpoint_dir, trained.run_id, tracking, MODEL, trained.evaluation.recorded())
     move_alias(tracking, MODEL, CHAMPION, strong, reason="nightly test: a strong champion")
     assert httpx.post(f"{endpoint}/v1/reload", timeout=120).json()["model_version"] == strong
     # fine-tuned from the champion's weights with a learning rate that wrecks them in three steps
     report = nightly(_config(raw_sources, endpoint, steps=3, fine_tune=True, train_options={"lr": 1.0}))
-    run = mlflow.get_run(report["steps"]["train"]["run_id"])
+    run = mlflow.get_run(report.train.run_id)
     assert run.data.params["init_weights"].endswith(f"{MODEL}-v{strong}")  # it started from the champion
-    gate = report["steps"]["gate"]
-    assert not gate["promoted"] and gate["champion"] == strong, gate
-    assert gate["challenger_dice"] < gate["champion_dice"]
-    assert gate["reused"] == {"challenger": True, "champion": True}  # both measured once, on this snapshot
-    assert report["steps"]["roll_out"]["rolled"] is False
+    gate = report.gate
+    assert not gate.promoted and gate.champion == strong, gate
+    assert gate.challenger_dice < gate.champion_dice
+    assert gate.reused == {"challenger": True, "champion": True}  # both measured once, on this snapshot
+    assert report.roll_out.rolled is False
     assert _served_version(endpoint) == strong == alias_version(tracking, MODEL, CHAMPION)
-    assert report["steps"]["retention"]["deleted_versions"] == [orphan]  # no alias, never champion: gone
+    assert report.retention.deleted_versions == [orphan]  # no alias, never champion: gone
     remaining = {str(v.version) for v in mlflow.MlflowClient(tracking).search_model_versions(f"name = '{MODEL}'")}
     assert orphan not in remaining and strong in remaining
 

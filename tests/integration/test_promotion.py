@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipelines import promotion, stages
+from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import load_model, save_model
 from promptseg.nets.factory import build_model
@@ -26,20 +27,22 @@ def gate_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def untrained_checkpoint(settings: Settings, trained: dict) -> Path:
+def untrained_checkpoint(settings: Settings, trained: TrainingOutcome) -> Path:
     folder = settings.root / "checkpoints" / "untrained"
     torch.manual_seed(1)
-    save_model(build_model(load_model(Path(trained["checkpoint"])).config), folder)
+    save_model(build_model(load_model(trained.checkpoint_dir).config), folder)
     return folder
 
 
-def _register(gate_settings: Settings, checkpoint: str | Path, trained: dict) -> str:
+def _register(gate_settings: Settings, checkpoint: str | Path, trained: TrainingOutcome) -> str:
     tracking, name = gate_settings.registry.tracking_uri, gate_settings.registry.model_name
-    return register_checkpoint(Path(checkpoint), trained["run_id"], tracking, name)
+    return register_checkpoint(Path(checkpoint), trained.run_id, tracking, name)
 
 
-def test_the_challenger_loads_by_alias_uri_with_identical_outputs(gate_settings: Settings, trained: dict) -> None:
-    version = _register(gate_settings, trained["checkpoint"], trained)
+def test_the_challenger_loads_by_alias_uri_with_identical_outputs(
+    gate_settings: Settings, trained: TrainingOutcome
+) -> None:
+    version = _register(gate_settings, trained.checkpoint_dir, trained)
     mlflow.set_tracking_uri(gate_settings.registry.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{gate_settings.registry.model_name}@{CHALLENGER}")
     r = gate_settings.resolution
@@ -49,7 +52,7 @@ def test_the_challenger_loads_by_alias_uri_with_identical_outputs(gate_settings:
         "prompt_masks": (rng.random((1, 3, 1, r, r)) > 0.5).astype(np.float32),
         "queries": rng.random((1, 2, 1, r, r), dtype=np.float32),
     }
-    reference = load_model(Path(trained["checkpoint"]))
+    reference = load_model(trained.checkpoint_dir)
     with torch.inference_mode():
         expected = reference(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
     assert np.array_equal(model.predict(inputs), expected)
@@ -62,52 +65,54 @@ def test_the_challenger_loads_by_alias_uri_with_identical_outputs(gate_settings:
 
 
 def test_the_gate_promotes_without_a_champion_then_only_a_better_challenger(
-    gate_settings: Settings, trained: dict, untrained_checkpoint: Path
+    gate_settings: Settings, trained: TrainingOutcome, untrained_checkpoint: Path
 ) -> None:
     tracking, name = gate_settings.registry.tracking_uri, gate_settings.registry.model_name
     worse = _register(gate_settings, untrained_checkpoint, trained)
     mlflow.MlflowClient(tracking).delete_registered_model_alias(name, CHAMPION)  # start with no champion
     first = stages.promote(gate_settings)
-    assert first["promoted"] and first["champion"] == worse and first["reason"] == "no champion yet"
+    assert first.promoted and first.champion == worse and first.reason == "no champion yet"
 
-    better = _register(gate_settings, trained["checkpoint"], trained)
+    better = _register(gate_settings, trained.checkpoint_dir, trained)
     accepted = stages.promote(gate_settings, margin=0.05)
-    assert accepted["promoted"] and accepted["champion"] == better
-    assert accepted["challenger_dice"] >= accepted["champion_dice"] + 0.05
+    assert accepted.promoted and accepted.champion == better
+    assert accepted.challenger_dice >= accepted.champion_dice + 0.05
 
     worse_again = _register(gate_settings, untrained_checkpoint, trained)
     refused = stages.promote(gate_settings)
-    assert not refused["promoted"] and refused["champion"] == better
-    assert refused["challenger_dice"] < refused["champion_dice"]
-    assert refused["store_snapshot_id"] == accepted["store_snapshot_id"]
+    assert not refused.promoted and refused.champion == better
+    assert refused.challenger_dice < refused.champion_dice
+    assert refused.store_snapshot_id == accepted.store_snapshot_id
     # the champion's scores were measured by the previous gate under the same spec and snapshot: reused, not re-run
-    assert refused["reused"] == {"challenger": False, "champion": True}
-    assert refused["champion_dice"] == pytest.approx(accepted["challenger_dice"], abs=1e-6)
+    assert refused.reused == {"challenger": False, "champion": True}
+    assert refused.champion_dice == pytest.approx(accepted.challenger_dice, abs=1e-6)
     assert mlflow.MlflowClient(tracking).get_model_version_by_alias(name, CHAMPION).version == int(better)
 
     moves = alias_history(tracking, name, CHAMPION)
     assert [(m["from_version"], m["to_version"]) for m in moves[-2:]] == [(None, worse), (worse, better)]
-    assert moves[-1]["scores"] == {k: accepted[k] for k in ("challenger_dice", "champion_dice")}
+    assert moves[-1]["scores"] == {"challenger_dice": accepted.challenger_dice, "champion_dice": accepted.champion_dice}
     assert moves[-1]["user"] and moves[-1]["time"] and "≥" in moves[-1]["reason"]
     assert worse_again not in {m["to_version"] for m in moves}
 
 
-def test_pin_and_rollback_are_recorded(gate_settings: Settings, trained: dict) -> None:
+def test_pin_and_rollback_are_recorded(gate_settings: Settings, trained: TrainingOutcome) -> None:
     tracking, name = gate_settings.registry.tracking_uri, gate_settings.registry.model_name
-    current = _register(gate_settings, trained["checkpoint"], trained)
+    current = _register(gate_settings, trained.checkpoint_dir, trained)
     move_alias(tracking, name, CHAMPION, current, reason="set up for this test")
     pinned = stages.promote(gate_settings, version="1")
-    assert pinned["champion"] == "1" and pinned["champion_before"] == current
+    assert pinned.champion == "1" and pinned.champion_before == current
     back = promotion.rollback(gate_settings)
-    assert back["champion"] == current
+    assert back.champion == current
     moves = alias_history(tracking, name, CHAMPION)
     assert [m["reason"] for m in moves[-2:]] == ["pinned by hand", "rollback from v1"]
     assert mlflow.MlflowClient(tracking).get_model_version_by_alias(name, CHAMPION).version == int(current)
 
 
-def test_versions_held_out_on_different_tasks_are_not_compared(gate_settings: Settings, trained: dict) -> None:
+def test_versions_held_out_on_different_tasks_are_not_compared(
+    gate_settings: Settings, trained: TrainingOutcome
+) -> None:
     tracking, name = gate_settings.registry.tracking_uri, gate_settings.registry.model_name
-    challenger = _register(gate_settings, trained["checkpoint"], trained)
+    challenger = _register(gate_settings, trained.checkpoint_dir, trained)
     mlflow.MlflowClient(tracking).set_model_version_tag(name, challenger, "held_out", "liver*")
     with pytest.raises(promotion.PromotionError, match="not comparable"):
         stages.promote(gate_settings)

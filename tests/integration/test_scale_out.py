@@ -17,6 +17,7 @@ from moto.server import ThreadedMotoServer
 
 from pipelines import cluster, stages
 from pipelines.settings import Settings
+from storage.reports import PreprocessReport
 from storage.sampler import EpisodeSampler
 from storage.task_store import TaskStore
 
@@ -25,7 +26,9 @@ def _alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
-def test_a_two_worker_training_spreads_over_two_nodes(settings: Settings, preprocessed: dict, ray_head: str) -> None:
+def test_a_two_worker_training_spreads_over_two_nodes(
+    settings: Settings, preprocessed: PreprocessReport, ray_head: str
+) -> None:
     before = _alive_nodes()
     node = cluster.start_worker_node(ray_head, 1, settings.services_dir / "second-node.log")
     try:
@@ -44,9 +47,9 @@ def test_a_two_worker_training_spreads_over_two_nodes(settings: Settings, prepro
         )
     finally:
         cluster.stop_worker_node(node)
-    nodes = MlflowClient(settings.registry.tracking_uri).get_run(outcome["run_id"]).data.tags["worker_nodes"].split(",")
+    nodes = MlflowClient(settings.registry.tracking_uri).get_run(outcome.run_id).data.tags["worker_nodes"].split(",")
     assert len(nodes) == 2 and len(set(nodes)) == 2  # one worker on each node
-    assert np.isfinite(outcome["final_loss"])
+    assert np.isfinite(outcome.final_loss)
 
 
 @pytest.fixture
@@ -69,11 +72,13 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
     server.stop()
 
 
-def test_the_task_store_runs_on_s3(settings: Settings, preprocessed: dict, s3_endpoint: str, tmp_path: Path) -> None:
+def test_the_task_store_runs_on_s3(
+    settings: Settings, preprocessed: PreprocessReport, s3_endpoint: str, tmp_path: Path
+) -> None:
     on_s3 = settings.model_copy(update={"store_url": "s3://promptseg/store.zarr"})
     TaskStore.open(on_s3.store, on_s3.resolution, create=True)
     report = stages.preprocess(on_s3, ["synth-center-a"])
-    assert not report["failures"] and report["datasets"][0]["slices"] > 0
+    assert not report.failures and report.datasets[0].slices > 0
     store = TaskStore.open(on_s3.store, on_s3.resolution)
     assert store.datasets() == ["synth-center-a"]
     objects = boto3.client("s3").list_objects_v2(Bucket="promptseg", Prefix="store.zarr/")["KeyCount"]

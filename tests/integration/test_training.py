@@ -6,7 +6,6 @@ All tests share the one model trained per session (`trained`).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,33 +13,34 @@ import torch
 from mlflow import MlflowClient
 
 from pipelines import stages
+from pipelines.outcomes import TrainingOutcome, VersionEvaluation
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import load_model
-from promptseg.registry.versions import CHALLENGER, load_version
+from promptseg.registry.versions import CHALLENGER, load_version, recorded_evaluation
 
 
-def test_training_reports_decreasing_loss(settings: Settings, trained: dict) -> None:
-    history = MlflowClient(settings.registry.tracking_uri).get_metric_history(trained["run_id"], "loss")
+def test_training_reports_decreasing_loss(settings: Settings, trained: TrainingOutcome) -> None:
+    history = MlflowClient(settings.registry.tracking_uri).get_metric_history(trained.run_id, "loss")
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) >= 6
     assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2])
 
 
-def test_run_records_lineage_and_version_is_the_challenger(settings: Settings, trained: dict) -> None:
+def test_run_records_lineage_and_version_is_the_challenger(settings: Settings, trained: TrainingOutcome) -> None:
     client = MlflowClient(settings.registry.tracking_uri)
-    run = client.get_run(trained["run_id"])
+    run = client.get_run(trained.run_id)
     assert run.data.params["num_workers"] == "2" and run.data.params["resolution"] == str(settings.resolution)
     assert len(run.data.tags["store_snapshot_id"]) == 16 and run.data.tags["held_out"] == "kidney*"
     version = client.get_model_version_by_alias(settings.registry.model_name, CHALLENGER)
-    assert str(version.version) == trained["version"]
+    assert str(version.version) == trained.version
     assert version.tags["store_snapshot_id"] == run.data.tags["store_snapshot_id"]
-    artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "checkpoint")}
+    artifacts = {a.path for a in client.list_artifacts(trained.run_id, "checkpoint")}
     assert {"checkpoint/model.safetensors", "checkpoint/model_config.json"} <= artifacts
 
 
-def test_registered_version_loads_back_with_identical_outputs(settings: Settings, trained: dict) -> None:
-    loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained["version"])
-    reference = load_model(Path(trained["checkpoint"]))
+def test_registered_version_loads_back_with_identical_outputs(settings: Settings, trained: TrainingOutcome) -> None:
+    loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained.version)
+    reference = load_model(trained.checkpoint_dir)
     assert loaded.network.config == reference.config and loaded.model_card["resolution"] == settings.resolution
     r = settings.resolution
     generator = torch.Generator().manual_seed(0)
@@ -53,15 +53,19 @@ def test_registered_version_loads_back_with_identical_outputs(settings: Settings
         assert torch.equal(loaded.network(*inputs), reference(*inputs))
 
 
-def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(settings: Settings, trained: dict) -> None:
+def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(
+    settings: Settings, trained: TrainingOutcome
+) -> None:
     """The learning test, on the quick evaluation that follows every training: kidneys were never trained on;
     prompts and queries come from different cases. The model must beat the better trivial baseline, and itself given
     the prompts of a different task (so a model that ignores its prompts cannot pass)."""
-    evaluation = trained["evaluation"]
-    report = Path(evaluation["report_dir"])
+    evaluation = trained.evaluation
+    report = evaluation.report_dir
     assert (report / "results.md").exists() and (report / "dice_vs_n.png").exists()
     assert {p.name for p in (report / "overlays").glob("*.png")} == {"best.png", "median.png", "worst.png"}
-    results = json.loads((report / "results.json").read_text())
+    written = (report / "results.json").read_text()
+    assert written == json.dumps(evaluation.report.model_dump(), indent=2)  # the file holds the typed report
+    results = json.loads(written)
     assert results["spec"]["profile"] == "quick" and results["spec"]["n_prompts"] == [1, 4, 8]
     assert results["spec"]["resamples"] == 3
     rows = results["rows"]
@@ -79,49 +83,57 @@ def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(set
     trivial = max(dice("mean_prompt_mask"), dice("most_similar_prompt"))
     assert model > trivial + 0.10, f"held-out Dice {model:.3f} vs better trivial baseline {trivial:.3f}"
     assert model > other_task + 0.10, f"held-out Dice {model:.3f} vs with another task's prompts {other_task:.3f}"
-    assert "supervised_unet" not in evaluation["summary"]  # quick profile
-    summary = evaluation["summary"]["promptseg"]["8"]
-    assert set(summary) == {"dice", "iou", "hd95"} and summary["dice"]["count"] > 1
+    assert "supervised_unet" not in evaluation.report.summary  # quick profile
+    summary = evaluation.report.summary["promptseg"]["8"]
+    assert set(summary) == {"dice", "iou", "hd95"} and summary["dice"].count > 1
     assert {"synth-center-a", "synth-center-b", "synth-center-c"} <= set(results["dice_at_largest_n"]["dataset"])
     assert {"center-a", "center-b", "center-c"} <= set(results["dice_at_largest_n"]["center"])
     client = MlflowClient(settings.registry.tracking_uri)
-    tags = client.get_model_version(settings.registry.model_name, trained["version"]).tags
+    tags = client.get_model_version(settings.registry.model_name, trained.version).tags
     tagged = float(tags["heldout_dice_promptseg_n8"])
-    assert tagged == pytest.approx(evaluation["scores"]["dice_promptseg_n8"], abs=1e-6)
+    assert tagged == pytest.approx(evaluation.scores["dice_promptseg_n8"], abs=1e-6)
     measured_on = json.loads(tags["heldout_eval_spec"])
     assert measured_on["spec"]["profile"] == "quick" and measured_on["spec"]["held_out"] == ["kidney*"]
     assert measured_on["store_snapshot_id"] == tags["store_snapshot_id"]
-    card = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained["version"]).model_card
-    assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation["scores"]["dice_promptseg_n8"]
-    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained["run_id"], "evaluation-quick")}
+    recorded = recorded_evaluation(settings.registry.tracking_uri, settings.registry.model_name, trained.version)
+    assert recorded is not None and recorded.primary == "promptseg"
+    assert recorded.spec == evaluation.report.spec.to_dict() and recorded.store_snapshot_id == tags["store_snapshot_id"]
+    card = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained.version).model_card
+    assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation.scores["dice_promptseg_n8"]
+    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained.run_id, "evaluation-quick")}
     assert {"results.json", "results.md", "dice_vs_n.png", "overlays"} <= logged
 
 
-def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(settings: Settings, trained: dict) -> None:
+def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(
+    settings: Settings, trained: TrainingOutcome
+) -> None:
     """The full profile (here with fewer N and resamples so it runs in seconds) evaluates the network with and without
     ensembling beside the UniverSeg-style baseline and the supervised UNet, per dataset and center; both baselines
     are trained on first use for this store snapshot and reused by the next full evaluation."""
     options = {"n_prompts": [1, 4], "resamples": 1, "queries": 2, "supervised_steps": 20, "universeg_steps": 4}
-    first = stages.evaluate(settings, trained["version"], profile="full", **options)
-    methods = set(first["summary"])
+    first = stages.evaluate(settings, trained.version, profile="full", **options)
+    methods = set(first.evaluation.report.summary)
     assert {"promptseg", "promptseg_ensemble5", "universeg", "supervised_unet", "mean_prompt_mask"} <= methods
     assert {"promptseg_other_task_prompts", "most_similar_prompt"} <= methods
-    assert first["spec"]["profile"] == "full" and first["supervised_trained"] > 0
+    assert first.version == trained.version
+    assert first.evaluation.report.spec.profile == "full" and first.evaluation.report.supervised_trained > 0
     baselines = sorted((settings.root / "baselines").glob("universeg-*"))
-    assert len(baselines) == 1 and baselines[0].name.startswith(f"universeg-{first['store_snapshot_id']}")
+    assert len(baselines) == 1 and baselines[0].name.startswith(f"universeg-{first.evaluation.store_snapshot_id}")
     modified = baselines[0].joinpath("model.safetensors").stat().st_mtime_ns
-    second = stages.evaluate(settings, trained["version"], profile="full", **options)
-    assert second["supervised_trained"] == 0  # every supervised UNet came from the snapshot's cache
+    second = stages.evaluate(settings, trained.version, profile="full", **options)
+    assert second.evaluation.report.supervised_trained == 0  # every supervised UNet came from the snapshot's cache
     assert baselines[0].joinpath("model.safetensors").stat().st_mtime_ns == modified
     for method in ("supervised_unet", "universeg"):  # the same networks give the same scores
         assert _dice_per_n(second, method) == _dice_per_n(first, method)
 
 
-def _dice_per_n(result: dict, method: str) -> dict[str, float]:
-    return {n: cell["dice"]["mean"] for n, cell in result["summary"][method].items()}
+def _dice_per_n(result: VersionEvaluation, method: str) -> dict[str, float]:
+    return {n: cell["dice"].mean for n, cell in result.evaluation.report.summary[method].items()}
 
 
-def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(settings: Settings, trained: dict) -> None:
+def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(
+    settings: Settings, trained: TrainingOutcome
+) -> None:
     """The UniverSeg-style baseline goes through the same trainer and lands in the same report (a short run: its
     learning is tested in test_baseline_networks)."""
     baseline = stages.train(
@@ -134,11 +146,10 @@ def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(sett
         register=False,
         evaluate=False,
     )
-    config = json.loads((Path(baseline["checkpoint"]) / "model_config.json").read_text())
+    assert baseline.evaluation is None and baseline.version is None
+    config = json.loads((baseline.checkpoint_dir / "model_config.json").read_text())
     assert config["architecture"] == "universeg" and config["width"] == 64 and config["levels"] == 4
-    result = stages.evaluate(
-        settings, trained["version"], resamples=1, queries=2, baselines=[Path(baseline["checkpoint"])]
-    )
-    methods = set(result["summary"])
+    result = stages.evaluate(settings, trained.version, resamples=1, queries=2, baselines=[baseline.checkpoint_dir])
+    methods = set(result.evaluation.report.summary)
     assert {"promptseg", "universeg", "promptseg_other_task_prompts", "mean_prompt_mask"} <= methods
     assert "most_similar_prompt" in methods and "supervised_unet" not in methods

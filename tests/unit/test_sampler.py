@@ -1,4 +1,5 @@
-"""The episodic sampler on the session's store: labels, hold-outs, case separation, reproducible state."""
+"""The episodic sampler on the unit tests' store (`task_store`): labels, hold-outs, case separation, reproducible
+state."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import numpy as np
 
 from pipelines.settings import Settings
 from storage.sampler import EpisodeSampler, choose_prompts_and_queries, is_held_out, split_tasks
-from storage.task_store import TaskStore
+from storage.task_store import SliceRef, Task, TaskStore
 
 
-def test_episodes_hold_the_task_label_and_respect_hold_outs(settings: Settings, preprocessed: dict) -> None:
-    store = TaskStore.open(settings.store, settings.resolution)
+def test_episodes_hold_the_task_label_and_respect_hold_outs(settings: Settings, task_store: TaskStore) -> None:
+    store = task_store
     training, held_out = split_tasks(store.tasks(), ["kidney*", "center:center-c"], store.resolution)
     assert not any(t.label_name == "kidney" or t.center == "center-c" for t in training)
     assert {t.center for t in held_out} >= {"center-a", "center-b", "center-c"}
@@ -25,23 +26,28 @@ def test_episodes_hold_the_task_label_and_respect_hold_outs(settings: Settings, 
         assert "kidney" not in episode.task_id and "center-c" not in episode.task_id
 
 
-def test_prompts_and_queries_come_from_different_cases_or_far_apart(settings: Settings, preprocessed: dict) -> None:
-    store = TaskStore.open(settings.store, settings.resolution)
+def test_prompts_and_queries_come_from_different_cases_or_far_apart(task_store: TaskStore) -> None:
     rng = np.random.default_rng(0)
-    for task in store.tasks()[:40]:
+    checked = 0
+    for task in task_store.tasks()[:40]:
         chosen = choose_prompts_and_queries(task, 2, 1, rng, min_gap=4)
         if chosen is None:
             continue
         prompts, queries = chosen
         if len(task.cases) > 1:
             assert not {p.case for p in prompts} & {q.case for q in queries}, task.task_id
+            checked += 1
         else:
             assert all(abs(p.index - q.index) >= 4 for p in prompts for q in queries), task.task_id
-    assert choose_prompts_and_queries(store.tasks()[0], 10_000, 1, rng) is None  # cannot supply: skipped
+    assert checked > 0  # the case separation was put to the test
+    single = Task("one-case", 1, "organ", 2, tuple(SliceRef("c", i, i, 10) for i in range(12)))
+    prompts, queries = choose_prompts_and_queries(single, 2, 1, rng, min_gap=4)
+    assert all(abs(p.index - q.index) >= 4 for p in prompts for q in queries)  # one case: far apart instead
+    assert choose_prompts_and_queries(task_store.tasks()[0], 10_000, 1, rng) is None  # cannot supply: skipped
 
 
-def test_restored_state_gives_the_same_episodes(settings: Settings, preprocessed: dict) -> None:
-    store = TaskStore.open(settings.store, settings.resolution)
+def test_restored_state_gives_the_same_episodes(settings: Settings, task_store: TaskStore) -> None:
+    store = task_store
     training, _ = split_tasks(store.tasks(), settings.training.held_out, store.resolution)
     sampler = EpisodeSampler(store, training, seed=7)
     sampler.sample_batch(2, 4)
@@ -53,9 +59,9 @@ def test_restored_state_gives_the_same_episodes(settings: Settings, preprocessed
         assert np.array_equal(first[key], again[key])
 
 
-def test_sampler_travels_to_worker_processes(settings: Settings, preprocessed: dict) -> None:
+def test_sampler_travels_to_worker_processes(settings: Settings, task_store: TaskStore) -> None:
     """A pickled sampler (as DataLoader or Ray workers receive it) reopens the store and draws the same episodes."""
-    store = TaskStore.open(settings.store, settings.resolution)
+    store = TaskStore.open(task_store.url, settings.resolution)
     training, _ = split_tasks(store.tasks(), settings.training.held_out, store.resolution)
     sampler = EpisodeSampler(store, training, seed=11)
     sampler.sample_batch(1, 2)  # open some read handles first
@@ -66,8 +72,6 @@ def test_sampler_travels_to_worker_processes(settings: Settings, preprocessed: d
 
 
 def test_hold_out_patterns() -> None:
-    from storage.task_store import Task
-
     task = Task("synth-center-b", 2, "kidney", 2, (), "center-b")
     assert is_held_out(task, ["kid*"]) and is_held_out(task, ["center:center-b"])
     assert is_held_out(task, ["task:synth-center-b/kidney/axis2"]) and is_held_out(task, ["dataset:synth-*"])

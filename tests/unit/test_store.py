@@ -1,7 +1,9 @@
-"""The synthetic generator and the Zarr task store: determinism, round trip, index, versions, schema checks."""
+"""The synthetic generator, the ingest record and the Zarr task store: determinism, round trip, index, versions,
+schema checks."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +12,8 @@ import pytest
 
 from storage.errors import RawDataError, StoreSchemaError
 from storage.harmonize import from_model_grid, to_model_grid
+from storage.ingest_record import IngestRecord
+from storage.preprocess import plan_for
 from storage.raw_dataset import load_raw_dataset
 from storage.synthetic import CENTERS, LABELS, write_center_dataset
 from storage.synthetic.anatomy import synthesize_case
@@ -45,6 +49,55 @@ def test_raw_dataset_reader_for_manifest_and_missing_paths(tmp_path: Path) -> No
     assert [case.case_id for case in dataset.cases] == ["center-b_000", "center-b_001"]
     with pytest.raises(RawDataError, match=r"dataset\.json"):
         load_raw_dataset(tmp_path / "missing")
+
+
+# An ingest record as the ingest flow wrote it before the record was typed (same keys, same order).
+EARLIER_RECORD = {
+    "dataset": "ds",
+    "center": "c",
+    "modality": "CT",
+    "labels": {"1": "liver", "10": "lesion", "2": "kidney"},
+    "source": "/data/ds",
+    "fingerprint": {
+        "shapes": [[64, 64, 32]],
+        "spacings": [[1.5, 1.5, 3.0]],
+        "median_spacing": [1.5, 1.5, 3.0],
+        "target_spacing": [1.5, 1.5, 3.0],
+        "foreground_intensity": {"percentile_00_5": -100.0, "percentile_99_5": 300.0, "mean": 50.0, "std": 20.0},
+    },
+    "cases": [
+        {
+            "case": "ds_000",
+            "image": "/data/ds/imagesTr/ds_000_0000.nii.gz",
+            "label": "/data/ds/labelsTr/ds_000.nii.gz",
+            "image_sha256": "a" * 64,
+            "label_sha256": "b" * 64,
+            "shape": [64, 64, 32],
+            "spacing": [1.5, 1.5, 3.0],
+            "store_id": "c0123456789abcdef",
+        }
+    ],
+    "rejected": [
+        {"dataset": "ds", "case": "ds_001", "file": "labelsTr/ds_001.nii.gz", "problem": "label map is empty"}
+    ],
+}
+
+
+def test_an_earlier_ingest_record_loads_and_is_written_back_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps(EARLIER_RECORD, indent=2))
+    record = IngestRecord.load(tmp_path / "ds.json")
+    assert record.cases[0].store_id == "c0123456789abcdef" and record.rejected[0].case == "ds_001"
+    assert list(record.labels) == ["1", "10", "2"]  # string keys in file order: version ids hash them as before
+    assert record.save(tmp_path / "again").read_text() == json.dumps(EARLIER_RECORD, indent=2)
+    plan = plan_for(record, 32)
+    assert (plan.normalization.low, plan.normalization.high) == (-100.0, 300.0)
+    assert plan.target_spacing == (1.5, 1.5, 3.0)
+    # keys it does not know (a case still carrying its foreground sample) are ignored; `rejected` may be absent
+    older = {k: v for k, v in EARLIER_RECORD.items() if k != "rejected"}
+    older["cases"] = [{**EARLIER_RECORD["cases"][0], "foreground_sample": [1.0, 2.0]}]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    loaded = IngestRecord.load(tmp_path / "older.json")
+    assert loaded.cases == record.cases and loaded.rejected == []
 
 
 def _write_case(store: TaskStore, dataset: str, key: str, case: str, n: int, value: int) -> tuple[dict, np.ndarray]:
