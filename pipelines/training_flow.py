@@ -37,13 +37,13 @@ def _summary(outcome: TrainingOutcome) -> str:
 def train_flow(
     run_name: str | None = None,
     resume: bool = False,
-    register: bool = True,
+    register_challenger: bool = True,
     evaluate: bool = True,
     options: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Train with the workspace settings (`options`: TrainConfig fields such as steps, size, num_workers)."""
     outcome = stages.train(
-        Settings(), run_name=run_name, resume=resume, register=register, evaluate=evaluate, **(options or {})
+        Settings(), run_name=run_name, resume=resume, register=register_challenger, evaluate=evaluate, **(options or {})
     )
     create_markdown_artifact(_summary(outcome), key="train-summary", description="Training run")
     return outcome

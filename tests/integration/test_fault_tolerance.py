@@ -23,7 +23,9 @@ NO_EXTRAS = {"register": False, "evaluate": False}
 @pytest.fixture(scope="module")
 def reference(settings: Settings, preprocessed: PreprocessReport, ray_head: str) -> TrainingOutcome:
     """An uninterrupted short run, launched as a Prefect flow run."""
-    state = train_flow(run_name="ft-reference", **NO_EXTRAS, options=SHORT, return_state=True)
+    state = train_flow(
+        run_name="ft-reference", register_challenger=False, evaluate=False, options=SHORT, return_state=True
+    )
     assert state.is_completed()
     return state.result()
 
