@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 from pipelines import environment, stages
@@ -39,7 +40,8 @@ def main(
 
 
 def _show(payload: object) -> None:
-    console.print_json(json.dumps(payload, default=str))
+    """Print a result as JSON: typed hand-offs (pydantic models, dataclasses) as their fields, paths as text."""
+    console.print_json(json.dumps(to_jsonable_python(payload, fallback=str)))
 
 
 @app.command()
@@ -197,10 +199,6 @@ def serve(
     _show({"url": url, "docs": f"{url}/docs", "metrics": f"{url}/metrics"})
 
 
-def _labels(text: str | None) -> list[int] | None:
-    return [int(part) for part in text.split(",")] if text else None
-
-
 @app.command()
 def query(
     ctx: typer.Context,
@@ -223,29 +221,39 @@ def query(
 ) -> None:
     """Segment 2D queries and/or a volume through the HTTP endpoint, against prompt pairs or a registered task;
     write mask files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and uncertainty maps to OUT."""
+    from pydantic import ValidationError
+
     from pipelines.querying import query_files
+    from promptseg.serving.api_models import SegmentRequest
     from promptseg.serving.client import APIError
 
     if not (query_image or volume):
         raise typer.BadParameter("give --query files or a --volume")
     settings = _settings(ctx)
-    options = {"labels": _labels(labels), "axis": axis, "ensemble": ensemble, "threshold": threshold}
-    options |= {"uncertainty": uncertainty, "mask_format": mask_format, "volume_format": volume_format}
     try:
+        request = SegmentRequest(
+            task_id=task,
+            modality=modality,
+            labels=labels,
+            axis=axis,
+            threshold=threshold,
+            ensemble=ensemble,
+            uncertainty=uncertainty,
+            mask_format=mask_format,
+            volume_format=volume_format,
+        )
         with stages.endpoint_client(settings, url) as client:
             report = query_files(
                 client,
                 out,
+                request,
                 prompt_images=prompt_image,
                 prompt_masks=prompt_mask,
-                task_id=task,
                 queries=query_image,
                 volume=volume,
                 register=register,
-                modality=modality,
-                **options,
             )
-    except APIError as error:
+    except (APIError, ValidationError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from error
     _show(report)

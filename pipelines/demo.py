@@ -23,6 +23,7 @@ from pipelines.querying import query_files
 from pipelines.settings import Settings
 from promptseg.evaluation.baselines import mean_prompt_mask
 from promptseg.evaluation.metrics import dice_score
+from promptseg.serving.api_models import SegmentRequest
 from promptseg.serving.client import PromptSegClient
 from storage.sampler import choose_prompts_and_queries, read_episode, split_tasks
 from storage.synthetic import write_synthetic_datasets
@@ -117,10 +118,10 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
         answer = query_files(
             client,
             folder / "out",
+            SegmentRequest(modality="CT"),
             prompt_images=files["prompt_images"],
             prompt_masks=files["prompt_masks"],
             queries=files["queries"],
-            modality="CT",
         )
         masks = [np.asarray(Image.open(o["mask"])) > 0 for o in answer["outputs"]]
         model_dice = np.mean([dice_score(m, t) for m, t in zip(masks, files["truths"], strict=True)])

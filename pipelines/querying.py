@@ -12,9 +12,9 @@ from PIL import Image
 
 from promptseg.evaluation.heldout import overlay_png
 from promptseg.inference.image_io import binary_mask, decode_image, encode_labels
-from promptseg.inference.predictor import Predictor
+from promptseg.inference.predictor import DEFAULT_MODALITY, DEFAULT_THRESHOLD, Predictor, label_map
 from promptseg.inference.volume_io import read_label_volume, read_volume
-from promptseg.serving.api_models import MaskResult, SegmentResponse, VolumeResult
+from promptseg.serving.api_models import MaskResult, SegmentRequest, SegmentResponse, VolumeResult
 from promptseg.serving.client import PromptSegClient, decode_mask, decode_uncertainty, volume_upload
 from storage.harmonize import NormalizationParams, normalize_intensity
 
@@ -44,33 +44,32 @@ def _write_outputs(
 def query_files(
     client: PromptSegClient,
     out: Path,
+    request: SegmentRequest,
     *,
     prompt_images: list[Path] | None = None,
     prompt_masks: list[Path] | None = None,
-    task_id: str | None = None,
     queries: list[Path] | None = None,
     volume: Path | None = None,
     register: bool = False,
-    **options: object,
 ) -> dict:
-    """Segment 2D queries and/or a volume through the endpoint, against a task id or prompt pairs (registered first
-    as a task with `register`). Writes each query's mask (PNG or NPY, as `mask_format`), an overlay PNG and, with
-    `uncertainty`, a float16 NPY map; a volume's label volume (NIfTI `.nii.gz`, DICOM SEG `.dcm` or `.npy`) and an
-    overlay of its slice with the most foreground."""
+    """Segment 2D queries and/or a volume through the endpoint, against the request's task or prompt pairs
+    (registered first as a task with `register`). Writes each query's mask (PNG or NPY, as `mask_format`), an overlay
+    PNG and, with `uncertainty`, a float16 NPY map; a volume's label volume (NIfTI `.nii.gz`, DICOM SEG `.dcm` or
+    `.npy`) and an overlay of its slice with the most foreground."""
     out.mkdir(parents=True, exist_ok=True)
-    modality = str(options.get("modality") or "CT")
+    modality = request.modality or DEFAULT_MODALITY
     report: dict = {"outputs": []}
     if register:
-        labels = options.get("labels")
-        task = client.create_task(prompt_images, prompt_masks, modality, labels, options.get("window"))
-        task_id, prompt_images, prompt_masks = task.task_id, None, None
-        report["task_id"] = task_id
-    prompts = {"prompt_images": prompt_images, "prompt_masks": prompt_masks}
+        task = client.create_task(prompt_images, prompt_masks, modality, request.labels, request.window)
+        request = request.model_copy(update={"task_id": task.task_id})
+        report["task_id"] = task.task_id
+    if request.task_id:
+        prompt_images, prompt_masks = None, None  # the task's prompts are the endpoint's
     if queries:
-        if task_id:
-            response = client.segment_task(task_id, queries, **options)
+        if request.task_id:
+            response = client.segment_task(request.task_id, queries, request)
         else:
-            response = client.segment(prompt_images, prompt_masks, queries, **options)
+            response = client.segment(prompt_images, prompt_masks, queries, request)
         masks = [decode_mask(result, response.labels) for result in response.masks]
         title = f"model v{response.model_version}"
         report["outputs"] += _write_outputs(queries, masks, out, modality, title, response.masks[0].mask_format)
@@ -80,7 +79,7 @@ def query_files(
         report |= {"model_version": response.model_version, "request_id": response.request_id}
         report["timings_ms"] = response.timings_ms
     if volume is not None:
-        response = client.segment_volume(volume, task_id, **({} if task_id else prompts), **options)
+        response = client.segment_volume(volume, request.task_id, prompt_images, prompt_masks, request)
         report["volume"] = _write_volume(volume, response, out)
         report |= {"model_version": response.model_version, "volume_request_id": response.request_id}
     return report
@@ -123,16 +122,18 @@ def segment_files(
     modality: str = "CT",
     title: str = "local",
 ) -> dict:
-    """Segment with an in-process predictor; also writes each query's uncertainty map as a grey PNG."""
+    """Segment with an in-process predictor (masks at the default threshold); also writes each query's uncertainty
+    map as a grey PNG."""
     out.mkdir(parents=True, exist_ok=True)
 
     def read(paths: list[Path]) -> list[np.ndarray]:
         return [decode_image(str(path), path.read_bytes()) for path in paths]
 
-    masks = [binary_mask(str(path), array) for path, array in zip(prompt_masks, read(prompt_masks), strict=True)]
-    task = predictor.encode_task(read(prompt_images), masks, modality)
+    binary = [binary_mask(str(path), array) for path, array in zip(prompt_masks, read(prompt_masks), strict=True)]
+    task = predictor.encode_task(read(prompt_images), binary, modality)
     results = predictor.segment(task, read(queries), modality)
-    outputs = _write_outputs(queries, [r.mask for r in results], out, modality, title)
+    masks = [label_map([result.probability], [1], DEFAULT_THRESHOLD) for result in results]
+    outputs = _write_outputs(queries, masks, out, modality, title)
     for output, path, result in zip(outputs, queries, results, strict=True):
         uncertainty_path = out / f"{path.stem}_uncertainty.png"
         Image.fromarray(np.clip(result.uncertainty * 255, 0, 255).astype(np.uint8)).save(uncertainty_path)

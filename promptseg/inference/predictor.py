@@ -3,10 +3,11 @@
 `encode_task(prompt_images, prompt_masks, modality)` harmonizes native 2D prompt pairs with the recipe of
 `storage.harmonize` (contract 2) and encodes them once; the `TaskEncoding` it returns can be cached and
 serialized to bytes. `segment(task, queries, modality)` harmonizes the queries, runs them in batches against the
-encoding and maps every probability map back to its query's native grid, with a mask and a per-pixel
-uncertainty. `modality` is a modality name (per-image percentiles, 8-bit images scaled), a `NormalizationParams`
-(e.g. a CT window), `NORMALIZED` for native-size arrays already in [0, 1] (slices of a volume normalized as a
-whole), or `MODEL_GRID` for arrays that already are model input (R×R in [0, 1], e.g. task-store slices).
+encoding and maps every probability map back to its query's native grid, with a per-pixel uncertainty.
+`modality` is a modality name (per-image percentiles, 8-bit images scaled), a `NormalizationParams` (e.g. a CT
+window; `intensity_recipe` picks a request's), `NORMALIZED` for native-size arrays already in [0, 1] (slices of a
+volume normalized as a whole), or `MODEL_GRID` for arrays that already are model input (R×R in [0, 1], e.g.
+task-store slices). Probabilities become masks and label maps in one place only: `label_map`, with a threshold.
 
 Ensembling: with `ensemble=K > 1`, a task is encoded K times, each from a random subset of its prompts
 (`subset_fraction` of them); probabilities are averaged. The uncertainty map is the binary entropy (bits, in
@@ -35,7 +36,34 @@ from storage.harmonize import NormalizationParams, SliceGeometry, from_model_gri
 
 MODEL_GRID = "model-grid"
 NORMALIZED = "normalized"
+DEFAULT_MODALITY = "CT"
+DEFAULT_THRESHOLD = 0.5
 Intensity = str | NormalizationParams
+
+
+def intensity_recipe(
+    modality: str | None = None,
+    window: tuple[float, float] | None = None,
+    *,
+    task: NormalizationParams | None = None,
+    volume_modality: str | None = None,
+) -> NormalizationParams:
+    """The intensity recipe of a request: its own `modality` and `window` when it names either, else its task's
+    recipe, else the modality the volume declares (a DICOM header's), else CT. A window alone keeps the task's
+    modality; a modality alone drops the task's window."""
+    if task is not None and modality is None and window is None:
+        return task
+    fallback = task.modality if task is not None else volume_modality or DEFAULT_MODALITY
+    low, high = window or (None, None)
+    return NormalizationParams(modality or fallback, low, high)
+
+
+def label_map(probabilities: Sequence[np.ndarray], values: Sequence[int], threshold: float) -> np.ndarray:
+    """The label map of one query from each label's probability map (`values` in the same order): the most probable
+    label where its probability is above `threshold`, 0 elsewhere; one label's map is its mask times its value."""
+    stacked = np.stack(probabilities)
+    best = stacked.argmax(0)
+    return np.where(stacked.max(0) > threshold, np.array([int(v) for v in values])[best], 0)
 
 
 @dataclass(frozen=True)
@@ -58,10 +86,9 @@ class TaskEncoding:
 
 @dataclass(frozen=True)
 class Segmentation:
-    """One query's result on its native grid: foreground probability, mask (0/1) and uncertainty (bits)."""
+    """One query's result on its native grid: foreground probability and uncertainty (bits)."""
 
     probability: np.ndarray
-    mask: np.ndarray
     uncertainty: np.ndarray
 
 
@@ -201,7 +228,7 @@ class Predictor:
         return TaskEncoding(encoding, int(metadata["n_prompts"]), self.model_id)
 
     def segment_labels(
-        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
+        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: Intensity
     ) -> dict[str, list[Segmentation]]:
         """Segment the same queries for several tasks; tasks of equal encoding shape run in one batch."""
         if not len(queries):
@@ -229,19 +256,17 @@ class Predictor:
             for index, label in enumerate(group):
                 probabilities[label] = torch.cat([c[index] for c in chunks]).cpu()
         return {
-            label: [self._native(p, geometry, threshold) for p, (_, geometry) in zip(probs, grids, strict=True)]
+            label: [self._native(p, geometry) for p, (_, geometry) in zip(probs, grids, strict=True)]
             for label, probs in probabilities.items()
         }
 
-    def segment(
-        self, task: TaskEncoding, queries: Sequence[np.ndarray], modality: Intensity, threshold: float = 0.5
-    ) -> list[Segmentation]:
-        return self.segment_labels({"": task}, queries, modality, threshold)[""]
+    def segment(self, task: TaskEncoding, queries: Sequence[np.ndarray], modality: Intensity) -> list[Segmentation]:
+        return self.segment_labels({"": task}, queries, modality)[""]
 
     @staticmethod
-    def _native(probability: torch.Tensor, geometry: SliceGeometry | None, threshold: float) -> Segmentation:
+    def _native(probability: torch.Tensor, geometry: SliceGeometry | None) -> Segmentation:
         uncertainty = _binary_entropy(probability)
         maps = torch.stack([probability, uncertainty]).numpy()
         if geometry is not None:
             maps = from_model_grid(maps, geometry)
-        return Segmentation(maps[0], (maps[0] > threshold).astype(np.uint8), maps[1])
+        return Segmentation(maps[0], maps[1])

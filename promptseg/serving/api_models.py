@@ -19,11 +19,110 @@ Routes (versioned under /v1, OpenAPI at /docs):
 - Auth: when the endpoint has an API key, every route but /healthz and the docs needs header `X-API-Key`
   (401 missing, 403 wrong). Bodies over the configured size get 413 before they are decoded; overload gets 503.
 - Errors: a 4xx status with an `ErrorResponse` body naming the problem and the file; never a 500 for bad input.
+
+The form fields of the two POST routes are `TaskRequest` and `SegmentRequest`: the endpoint validates the form into
+them, the client and the CLI build them and send `form_fields()`.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from promptseg.inference.errors import InvalidInput
+from promptseg.inference.predictor import DEFAULT_MODALITY, DEFAULT_THRESHOLD
+
+MAX_ENSEMBLE = 16
+MAX_LABEL = 65535
+
+
+def _comma_text(value: object) -> str | None:
+    """A form field's comma string; values given as a list (in Python, or a repeated form field) are joined."""
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value)
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _parse_labels(value: object) -> list[int] | None:
+    """Label values from "1,3" (or a list of them): distinct whole numbers in 1..65535; None when empty."""
+    text = _comma_text(value)
+    if text is None:
+        return None
+    try:
+        labels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidInput("labels", f"labels must be comma-separated whole numbers, got {text!r}") from None
+    if len(set(labels)) != len(labels) or min(labels) < 1 or max(labels) > MAX_LABEL:
+        raise InvalidInput("labels", f"labels must be distinct values in 1..{MAX_LABEL}, got {labels}")
+    return labels
+
+
+def _parse_window(value: object) -> tuple[float, float] | None:
+    """A CT window from "low,high" (or a pair), low below high; None when empty."""
+    text = _comma_text(value)
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidInput("window", f"a window is 'low,high', got {text!r}") from None
+    if not low < high:
+        raise InvalidInput("window", f"the window's low must be below its high, got {low}, {high}")
+    return low, high
+
+
+Labels = Annotated[
+    list[int] | None,
+    BeforeValidator(_parse_labels),
+    WithJsonSchema({"type": "string", "description": "label values, comma-separated", "examples": ["1,3"]}),
+]
+Window = Annotated[
+    tuple[float, float] | None,
+    BeforeValidator(_parse_window),
+    WithJsonSchema({"type": "string", "description": "a CT window 'low,high'", "examples": ["-160,240"]}),
+]
+
+
+class FormRequest(BaseModel):
+    """The form fields of a multipart route. A field validator raises `InvalidInput` naming its field; the endpoint
+    answers it as `invalid_input`, any other validation error as `invalid_request`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def form_fields(self) -> dict[str, str]:
+        """The multipart form fields that carry this request: lists comma-joined, booleans lower-case, None left
+        out."""
+        fields = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, list | tuple):
+                value = ",".join(str(v) for v in value)
+            fields[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return fields
+
+
+class TaskRequest(FormRequest):
+    """POST /v1/tasks's fields: how the prompts are normalized and which label values of their masks to keep."""
+
+    modality: str = DEFAULT_MODALITY
+    window: Window = None
+    labels: Labels = None
+
+
+class SegmentRequest(FormRequest):
+    """POST /v1/segment's fields (every part of the request but its files)."""
+
+    task_id: str | None = None
+    modality: str | None = None
+    window: Window = None
+    labels: Labels = None
+    axis: int | None = Field(None, ge=0, le=2)
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0.0, lt=1.0)
+    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE)
+    uncertainty: bool = False
+    mask_format: Literal["png", "npy"] = "png"
+    volume_format: Literal["nifti", "dicom-seg", "npy"] | None = None
 
 
 class ErrorDetail(BaseModel):

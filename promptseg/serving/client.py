@@ -2,7 +2,9 @@
 
 Overload answers (503, 429) are retried, waiting what the server's `Retry-After` says (seconds or an HTTP date) or
 else an exponential back-off, up to `retries` times and `max_wait_s` per wait. Any other error status raises
-`APIError` carrying the status and the error body's code, message and file.
+`APIError` carrying the status and the error body's code, message and file. Form fields are sent as the API models
+build them (`TaskRequest`, `SegmentRequest`), so options the endpoint would refuse raise pydantic's
+`ValidationError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from promptseg.serving.api_models import (
     MaskResult,
     ModelInfo,
     ReloadInfo,
+    SegmentRequest,
     SegmentResponse,
     TaskInfo,
+    TaskRequest,
 )
 
 RETRIED_STATUSES = (429, 503)
@@ -66,9 +70,10 @@ def _raise_for_error(response: httpx.Response) -> None:
 
 
 class PromptSegClient:
-    """Typed calls to every route. `api_key` goes in the X-API-Key header of every request. Segment options
-    (`labels`, `threshold`, `ensemble`, `uncertainty`, `mask_format`, `volume_format`, `axis`, `modality`,
-    `window`) are the form fields of contract 4; None leaves the server's default."""
+    """Typed calls to every route. `api_key` goes in the X-API-Key header of every request. A segment call takes a
+    `SegmentRequest` or its fields as keyword options (`labels`, `threshold`, `ensemble`, `uncertainty`,
+    `mask_format`, `volume_format`, `axis`, `modality`, `window`; options override the request's, None leaves the
+    default)."""
 
     def __init__(
         self,
@@ -115,7 +120,7 @@ class PromptSegClient:
     ) -> TaskInfo:
         """Register prompt pairs once; segment against the returned task id."""
         files = _files(prompt_images=prompt_images, prompt_masks=prompt_masks)
-        form = _form(modality=modality, labels=labels, window=window)
+        form = TaskRequest(modality=modality, labels=labels, window=window).form_fields()
         return TaskInfo.model_validate(self._request("POST", "/v1/tasks", files=files, data=form))
 
     def get_task(self, task_id: str) -> TaskInfo:
@@ -125,15 +130,22 @@ class PromptSegClient:
         self._request("DELETE", f"/v1/tasks/{task_id}")
 
     def segment(
-        self, prompt_images: list[Path], prompt_masks: list[Path], queries: list[Path], **options: object
+        self,
+        prompt_images: list[Path],
+        prompt_masks: list[Path],
+        queries: list[Path],
+        request: SegmentRequest | None = None,
+        **options: object,
     ) -> SegmentResponse:
         """Segment 2D queries against inline prompt pairs."""
         files = _files(prompt_images=prompt_images, prompt_masks=prompt_masks, queries=queries)
-        return self._segment(files, options)
+        return self._segment(files, request, options)
 
-    def segment_task(self, task_id: str, queries: list[Path], **options: object) -> SegmentResponse:
+    def segment_task(
+        self, task_id: str, queries: list[Path], request: SegmentRequest | None = None, **options: object
+    ) -> SegmentResponse:
         """Segment 2D queries against a registered task (its modality unless `modality` is given)."""
-        return self._segment(_files(queries=queries), options | {"task_id": task_id})
+        return self._segment(_files(queries=queries), request, options | {"task_id": task_id})
 
     def segment_volume(
         self,
@@ -141,17 +153,20 @@ class PromptSegClient:
         task_id: str | None = None,
         prompt_images: list[Path] | None = None,
         prompt_masks: list[Path] | None = None,
+        request: SegmentRequest | None = None,
         **options: object,
     ) -> SegmentResponse:
         """Segment every slice of a NIfTI file or a DICOM series (a folder, zipped here, or a zip) against a task
         or inline prompts; the result comes back on the volume's grid."""
         files = [("volume", volume_upload(Path(volume)))]
         files += _files(prompt_images=prompt_images or [], prompt_masks=prompt_masks or [])
-        return self._segment(files, options | ({"task_id": task_id} if task_id else {}))
+        return self._segment(files, request, options | ({"task_id": task_id} if task_id else {}))
 
-    def _segment(self, files: list, options: dict[str, object]) -> SegmentResponse:
-        body = self._request("POST", "/v1/segment", files=files, data=_form(**options))
-        return SegmentResponse.model_validate(body)
+    def _segment(self, files: list, request: SegmentRequest | None, options: dict[str, object]) -> SegmentResponse:
+        given = {name: value for name, value in options.items() if value is not None}  # None keeps the default
+        fields = (request.model_dump(exclude_unset=True) if request else {}) | given
+        form = SegmentRequest.model_validate(fields).form_fields()
+        return SegmentResponse.model_validate(self._request("POST", "/v1/segment", files=files, data=form))
 
     def _request(self, method: str, path: str, *, text: bool = False, **kwargs: object) -> dict | str | None:
         for attempt in range(self.retries + 1):
@@ -163,18 +178,6 @@ class PromptSegClient:
         if text:
             return response.text
         return response.json() if response.content else None
-
-
-def _form(**options: object) -> dict[str, str]:
-    """Form fields from keyword options: lists and tuples comma-joined, booleans lower-case, None left out."""
-    form = {}
-    for name, value in options.items():
-        if value is None:
-            continue
-        if isinstance(value, list | tuple):
-            value = ",".join(str(v) for v in value)
-        form[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return form
 
 
 def volume_upload(path: Path) -> tuple[str, bytes]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptseg.inference.predictor import intensity_recipe
 from storage.harmonize import NormalizationParams
 
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -53,8 +54,7 @@ class StoredTask:
 
     @property
     def intensity(self) -> NormalizationParams:
-        low, high = self.window or (None, None)
-        return NormalizationParams(self.modality, low, high)
+        return intensity_recipe(self.modality, self.window)
 
 
 def task_content_id(
@@ -127,8 +127,9 @@ class ServedTasks:
         """The task's intensity recipe and label values, reading only those entries of its file (no prompt arrays)."""
         try:
             with np.load(self._path(task_id), allow_pickle=False) as data:
-                window = data["window"].tolist() or [None, None]
-                return NormalizationParams(str(data["modality"]), *window), [int(v) for v in data["labels"]]
+                low_high = data["window"].tolist()
+                intensity = intensity_recipe(str(data["modality"]), (low_high[0], low_high[1]) if low_high else None)
+                return intensity, [int(v) for v in data["labels"]]
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
 

@@ -1,5 +1,6 @@
 """The HTTP client against a real local HTTP server that answers from a script: retries on 503/429 honour
-Retry-After (seconds or an HTTP date), give up after `retries`, and error bodies become typed `APIError`s."""
+Retry-After (seconds or an HTTP date), give up after `retries`, error bodies become typed `APIError`s, and segment
+options travel as the `SegmentRequest`'s form fields (validated before anything is sent)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from pydantic import ValidationError
 
+from promptseg.serving.api_models import SegmentRequest
 from promptseg.serving.client import APIError, PromptSegClient
 
 HEALTHY = (200, {}, {"status": "ok", "model_version": "3"})
@@ -22,7 +26,12 @@ HEALTHY = (200, {}, {"status": "ok", "model_version": "3"})
 class _Scripted(BaseHTTPRequestHandler):
     script: ClassVar[list[tuple[int, dict, dict]]] = []
     seen: ClassVar[list[float]] = []
+    bodies: ClassVar[list[bytes]] = []
     url: ClassVar[str] = ""
+
+    def do_POST(self) -> None:
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.do_GET()
 
     def do_GET(self) -> None:
         status, headers, body = self.script.pop(0) if self.script else HEALTHY
@@ -41,7 +50,7 @@ class _Scripted(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[type[_Scripted]]:
-    _Scripted.script, _Scripted.seen = [], []
+    _Scripted.script, _Scripted.seen, _Scripted.bodies = [], [], []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -78,3 +87,29 @@ def test_client_errors_are_not_retried_and_name_the_file(server: type[_Scripted]
     with PromptSegClient(server.url) as client, pytest.raises(APIError, match="not binary") as raised:
         client.model_info()
     assert raised.value.status == 422 and raised.value.file == "prompt_masks[0] m.png" and len(server.seen) == 1
+
+
+def test_segment_options_travel_as_the_request_models_form_fields(server: type[_Scripted], tmp_path: Path) -> None:
+    query = tmp_path / "q.npy"
+    query.write_bytes(b"not decoded by the scripted server")
+    answer = {"request_id": "r", "model_name": "m", "model_version": "3", "n_prompts": 2, "labels": [1, 3]}
+    server.script = [(200, {}, answer | {"ensemble": 2, "timings_ms": {}})]
+    request = SegmentRequest(labels="1,3", window=(-160, 240), ensemble=2, uncertainty=True)
+    with PromptSegClient(server.url) as client:
+        response = client.segment_task("f" * 32, [query], request, threshold=0.3)
+    assert response.labels == [1, 3] and response.ensemble == 2
+    sent = server.bodies[0].decode(errors="replace")
+    expected = request.model_copy(update={"task_id": "f" * 32, "threshold": 0.3}).form_fields()
+    assert expected["window"] == "-160.0,240.0" and expected["uncertainty"] == "true"
+    for name, value in expected.items():
+        assert f'name="{name}"\r\n\r\n{value}\r\n' in sent, name
+    assert SegmentRequest.model_validate(expected).form_fields() == expected  # the endpoint reads back the same
+
+
+def test_invalid_segment_options_are_refused_before_anything_is_sent(server: type[_Scripted]) -> None:
+    with PromptSegClient(server.url) as client:
+        with pytest.raises(ValidationError, match="threshold"):
+            client.segment_task("f" * 32, [], threshold=1.5)
+        with pytest.raises(ValidationError, match="labels must be"):
+            client.segment_task("f" * 32, [], labels=[0])
+    assert server.seen == []

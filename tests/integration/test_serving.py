@@ -15,26 +15,27 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
 from promptseg.serving.client import APIError, PromptSegClient, decode_mask
 from promptseg.serving.served_tasks import ServedTasks
 
 
-def test_health_and_model_info(served: str, trained: dict) -> None:
+def test_health_and_model_info(served: str, trained: TrainingOutcome) -> None:
     with PromptSegClient(served) as client:
-        assert client.healthz().model_version == trained["version"]
+        assert client.healthz().model_version == trained.version
         info = client.model_info()
-    assert info.alias == "champion" and info.version == trained["version"]
+    assert info.alias == "champion" and info.version == trained.version
     assert info.model_card["license"] == "Apache-2.0"
     assert httpx.get(f"{served}/docs").status_code == 200
 
 
 def test_segment_returns_masks_on_each_query_grid(
-    served: str, trained: dict, http_files: dict[str, list[Path]]
+    served: str, trained: TrainingOutcome, http_files: dict[str, list[Path]]
 ) -> None:
     with PromptSegClient(served) as client:
         response = client.segment(http_files["images"], http_files["masks"], http_files["queries"], modality="MR")
-    assert response.model_version == trained["version"] and response.n_prompts == 2
+    assert response.model_version == trained.version and response.n_prompts == 2
     shapes = [decode_mask(m, response.labels).shape for m in response.masks]
     assert shapes == [(80, 60), (50, 100)] and [(m.height, m.width) for m in response.masks] == shapes
     assert response.labels == [1] and response.ensemble == 1
@@ -150,6 +151,9 @@ def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str,
         "NaN query": ({**prompts, "queries": [("n.npy", _npy(np.full((8, 8), np.nan)))]}, "invalid_input", "NaN"),
         "unknown task": ({"task_id": "f" * 32, "queries": [query]}, "unknown_task", "no task"),
         "bad threshold": ({**prompts, "queries": [query], "threshold": "1.5"}, "invalid_request", "threshold"),
+        "mask format gif": ({**prompts, "queries": [query], "mask_format": "gif"}, "invalid_request", "mask_format"),
+        "labels not numbers": ({**prompts, "queries": [query], "labels": "1,liver"}, "invalid_input", "labels"),
+        "reversed window": ({**prompts, "queries": [query], "window": "240,-160"}, "invalid_input", "window"),
         "truncated NIfTI": (
             {**prompts, "volume": [("v.nii.gz", nifti_gz[: len(nifti_gz) // 2])]},
             "invalid_input",

@@ -16,6 +16,7 @@ import ray
 import torch
 from pydantic import SecretStr
 
+from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import load_model, save_model
 from promptseg.nets.factory import build_model
@@ -31,7 +32,7 @@ SECURE = "promptseg-secure"
 def secure(settings: Settings, served: str) -> str:
     """The second application: API key on, one request in flight and one queued at most."""
     options = dataclasses.replace(
-        options_from(settings.model_copy(update={"serve_api_key": SecretStr(API_KEY)})),
+        options_from(settings.serve.model_copy(update={"api_key": SecretStr(API_KEY)})),
         max_ongoing_requests=1,
         max_queued_requests=1,
         max_batch_size=1,
@@ -40,7 +41,7 @@ def secure(settings: Settings, served: str) -> str:
 
 
 def test_binding_beyond_loopback_needs_an_api_key(settings: Settings) -> None:
-    options = dataclasses.replace(options_from(settings), host="0.0.0.0", api_key_sha256=None)
+    options = dataclasses.replace(options_from(settings.serve), host="0.0.0.0", api_key_sha256=None)
     with pytest.raises(InsecureBinding, match="API key"):
         deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options)
 
@@ -158,14 +159,14 @@ def test_metrics_count_requests_by_route_and_status(served: str) -> None:
 
 
 def test_a_reload_after_the_alias_moves_swaps_the_model_without_failing_requests(
-    settings: Settings, served: str, trained: dict, http_files: dict[str, list[Path]]
+    settings: Settings, served: str, trained: TrainingOutcome, http_files: dict[str, list[Path]]
 ) -> None:
     tracking, name = settings.registry.tracking_uri, settings.registry.model_name
     folder = settings.root / "checkpoints" / "reload-untrained"
     torch.manual_seed(3)
-    save_model(build_model(load_model(Path(trained["checkpoint"])).config), folder)
-    new = register_checkpoint(folder, trained["run_id"], tracking, name)
-    old = trained["version"]
+    save_model(build_model(load_model(trained.checkpoint_dir).config), folder)
+    new = register_checkpoint(folder, trained.run_id, tracking, name)
+    old = trained.version
     with PromptSegClient(served) as client:
         task = client.create_task(http_files["images"], http_files["masks"], "MR")
         before = client.segment_task(task.task_id, http_files["queries"])

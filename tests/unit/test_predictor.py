@@ -1,4 +1,5 @@
-"""The predictor: native-size results, cached and serialized task encodings, ensembles, several labels, errors."""
+"""The predictor: native-size results, cached and serialized task encodings, ensembles, several labels, errors, and
+the two decisions every caller shares: a request's intensity recipe and the thresholded label map."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 from promptseg.inference.errors import InvalidInput
-from promptseg.inference.predictor import MODEL_GRID, Predictor
+from promptseg.inference.predictor import MODEL_GRID, Predictor, intensity_recipe, label_map
 from promptseg.nets.factory import build_model, model_config
+from storage.harmonize import NormalizationParams
 
 R = 64
 
@@ -35,10 +37,10 @@ def test_results_come_back_on_each_query_grid(predictor: Predictor) -> None:
     images, masks = _disc_images(3, (70, 90), 0)
     queries = [_disc_images(1, shape, 1)[0][0] for shape in [(80, 60), (50, 100), (64, 64)]]
     results = predictor.segment(predictor.encode_task(images, masks, "MR"), queries, "MR")
-    assert [r.mask.shape for r in results] == [(80, 60), (50, 100), (64, 64)]
+    assert [r.probability.shape for r in results] == [(80, 60), (50, 100), (64, 64)]
     for result in results:
-        assert result.probability.shape == result.uncertainty.shape == result.mask.shape
-        assert result.mask.dtype == np.uint8 and set(np.unique(result.mask)) <= {0, 1}
+        assert result.probability.shape == result.uncertainty.shape
+        assert set(np.unique(label_map([result.probability], [1], 0.5))) <= {0, 1}
         assert result.uncertainty.min() >= 0 and result.uncertainty.max() <= 1
 
 
@@ -115,3 +117,23 @@ def test_bad_input_raises_invalid_input_naming_the_field(predictor: Predictor) -
         predictor.segment(task, [images[0][:32]], MODEL_GRID)
     with pytest.raises(InvalidInput, match="at most 64 prompts"):
         predictor.encode_task(images * 33, masks * 33, "MR")
+
+
+def test_label_map_takes_the_most_probable_label_above_the_threshold() -> None:
+    liver = np.array([[0.9, 0.6, 0.2], [0.1, 0.4, 0.7]])
+    kidney = np.array([[0.3, 0.8, 0.1], [0.2, 0.45, 0.75]])
+    assert label_map([liver, kidney], [1, 2], 0.5).tolist() == [[1, 2, 0], [0, 0, 2]]
+    assert label_map([liver, kidney], [1, 2], 0.85).tolist() == [[1, 0, 0], [0, 0, 0]]
+    assert label_map([liver], [3], 0.5).tolist() == [[3, 3, 0], [0, 0, 3]]  # one label: its mask times its value
+
+
+def test_intensity_recipe_prefers_the_request_then_the_task_then_the_volume() -> None:
+    task = NormalizationParams("CT", -160.0, 240.0)
+    assert intensity_recipe() == NormalizationParams("CT")
+    assert intensity_recipe("MR") == NormalizationParams("MR")
+    assert intensity_recipe(None, (0.0, 80.0)) == NormalizationParams("CT", 0.0, 80.0)
+    assert intensity_recipe(task=task, volume_modality="MR") == task
+    assert intensity_recipe("MR", task=task) == NormalizationParams("MR")  # a modality alone drops the task's window
+    assert intensity_recipe(None, (0.0, 80.0), task=task) == NormalizationParams("CT", 0.0, 80.0)
+    assert intensity_recipe(volume_modality="MR") == NormalizationParams("MR")
+    assert intensity_recipe(None, (0.0, 80.0), volume_modality="CT") == NormalizationParams("CT", 0.0, 80.0)

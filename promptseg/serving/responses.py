@@ -1,0 +1,100 @@
+"""Encoding a segmentation outcome into POST /v1/segment's `SegmentResponse`: each query's or slice's label map at
+the request's threshold (promptseg.inference.predictor.label_map), written as PNG/NPY masks or a NIfTI, DICOM SEG
+or NPY label volume on the input's grid, with foreground fractions and, when asked, float16 uncertainty maps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import numpy as np
+
+from promptseg.inference.image_io import encode_labels, npy_bytes
+from promptseg.inference.predictor import label_map
+from promptseg.inference.volume_io import Volume, dicom_seg_bytes, label_volume, nifti_bytes
+from promptseg.serving.api_models import MaskResult, SegmentResponse, VolumeResult
+from promptseg.serving.segmentation import LabelMaps, Segmented
+from promptseg.serving.served_model import Serving
+
+
+def _label_map(results: LabelMaps, index: int, values: list[int], threshold: float) -> np.ndarray:
+    return label_map([maps[index].probability for maps in results.values()], values, threshold)
+
+
+def _uncertainty(results: LabelMaps, indices: range | list[int]) -> np.ndarray:
+    maps = np.stack([np.stack([maps[i].uncertainty for i in indices]) for maps in results.values()])
+    return maps[0].astype(np.float16) if len(results) == 1 else np.moveaxis(maps, 0, 1).astype(np.float16)
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _fractions(labels: np.ndarray, values: list[int]) -> dict[str, float]:
+    return {str(value): float((labels == value).mean()) for value in values}
+
+
+def _volume_bytes(labels: np.ndarray, volume: Volume, values: list[int], volume_format: str, serving: Serving) -> bytes:
+    if volume_format == "nifti":
+        return nifti_bytes(labels, volume)
+    if volume_format == "dicom-seg":
+        return dicom_seg_bytes(labels, volume, values, serving.model.name, serving.version)
+    return encode_labels(labels, values, "npy")
+
+
+def _volume_result(outcome: Segmented) -> VolumeResult:
+    volume, axis, values, request = outcome.volume, outcome.axis, outcome.values, outcome.request
+    n_slices = len(next(iter(outcome.results.values())))
+    labels = label_volume([_label_map(outcome.results, i, values, request.threshold) for i in range(n_slices)], axis)
+    data = _volume_bytes(labels, volume, values, outcome.volume_format, outcome.serving)
+    result = VolumeResult(
+        volume=volume.name,
+        shape=list(labels.shape),
+        axis=axis,
+        n_slices=labels.shape[axis],
+        volume_format=outcome.volume_format,
+        volume_base64=_base64(data),
+        foreground_fraction=_fractions(labels, values),
+    )
+    if request.uncertainty:
+        maps = np.moveaxis(_uncertainty(outcome.results, range(n_slices)), 0, axis + (len(values) > 1))
+        result.uncertainty_npy_base64 = _base64(npy_bytes(maps))
+    return result
+
+
+def _mask_result(outcome: Segmented, index: int, name: str) -> MaskResult:
+    request, values = outcome.request, outcome.values
+    labels = _label_map(outcome.results, index, values, request.threshold)
+    uncertainty = _uncertainty(outcome.results, [index])[0] if request.uncertainty else None
+    return MaskResult(
+        query=name,
+        height=labels.shape[0],
+        width=labels.shape[1],
+        mask_format=request.mask_format,
+        mask_base64=_base64(encode_labels(labels, values, request.mask_format)),
+        foreground_fraction=_fractions(labels, values),
+        uncertainty_npy_base64=None if uncertainty is None else _base64(npy_bytes(uncertainty)),
+    )
+
+
+async def segment_response(outcome: Segmented, request_id: str) -> SegmentResponse:
+    """The response body; `timings_ms` gains the time spent here as `encode_result`."""
+    start = time.perf_counter()
+    response = SegmentResponse(
+        request_id=request_id,
+        model_name=outcome.serving.model.name,
+        model_version=outcome.serving.version,
+        task_id=outcome.request.task_id,
+        n_prompts=outcome.n_prompts,
+        labels=outcome.values,
+        ensemble=outcome.request.ensemble,
+        timings_ms={},
+    )
+    if outcome.volume is not None:
+        response.volume = await asyncio.to_thread(_volume_result, outcome)
+    else:
+        response.masks = [_mask_result(outcome, index, name) for index, name in enumerate(outcome.query_names)]
+    response.timings_ms = outcome.timings_ms | {"encode_result": 1e3 * (time.perf_counter() - start)}
+    return response
