@@ -52,19 +52,22 @@ def deploy(
 ) -> str:
     """Run the application on the connected Ray cluster; return its base URL. Redeploying with changed options
     rolls the replicas over (Serve starts new ones before stopping old ones)."""
-    if not _is_loopback(options.host) and not options.api_key_sha256:
+    if not _is_loopback(options.settings.host) and not options.api_key_sha256:
         raise InsecureBinding(
-            f"serving on {options.host} (beyond loopback) needs an API key: set PROMPTSEG_SERVE_API_KEY"
+            f"serving on {options.settings.host} (beyond loopback) needs an API key: set PROMPTSEG_SERVE_API_KEY"
         )
-    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.start(http_options={"host": options.settings.host, "port": options.settings.port})
     deployment = PromptSegEndpoint.options(
-        num_replicas=options.replicas,
-        ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica},
-        max_ongoing_requests=options.max_ongoing_requests,
-        max_queued_requests=options.max_queued_requests,
+        num_replicas=options.settings.replicas,
+        ray_actor_options={
+            "num_cpus": options.settings.cpus_per_replica,
+            "num_gpus": options.settings.gpus_per_replica,
+        },
+        max_ongoing_requests=options.settings.max_ongoing_requests,
+        max_queued_requests=options.settings.max_queued_requests,
     )
     serve.run(deployment.bind(tracking_uri, model_name, alias, options), name=name, route_prefix=route_prefix)
-    return f"http://{options.host}:{options.port}{route_prefix.rstrip('/')}"
+    return f"http://{options.settings.host}:{options.settings.port}{route_prefix.rstrip('/')}"
 
 
 def undeploy() -> None:

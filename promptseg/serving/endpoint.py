@@ -11,7 +11,6 @@ input raises `InvalidInput`, answered as a typed 422 JSON error naming the file;
 """
 
 import asyncio
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, Form, Request
@@ -87,12 +86,13 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
 @serve.ingress(api)
 class PromptSegEndpoint:
     def __init__(self, tracking_uri: str, model_name: str, alias: str, options: ServeOptions) -> None:
-        self.model = ServedModel(tracking_uri, model_name, alias, Path(options.state_file), 16)
-        tasks = ServedTasks(Path(options.tasks_dir), options.cache_size)
-        self.service = SegmentationService(self.model, tasks, int(options.max_volume_mb * 2**20))
-        self.service.configure_batching(options.max_batch_size, options.batch_wait_ms / 1e3)
-        limit = int(options.max_body_mb * 2**20)
-        serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, Path(options.audit_dir)))
+        settings = options.settings
+        self.model = ServedModel(tracking_uri, model_name, alias, settings.state_file, 16)
+        tasks = ServedTasks(settings.tasks_dir, settings.cache_size)
+        self.service = SegmentationService(self.model, tasks, int(settings.max_volume_mb * 2**20))
+        self.service.configure_batching(settings.max_batch_size, settings.batch_wait_ms / 1e3)
+        limit = int(settings.max_body_mb * 2**20)
+        serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, settings.audit_dir))
 
     @api.get("/healthz")
     def healthz(self) -> Health:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,17 +30,13 @@ SECURE = "promptseg-secure"
 @pytest.fixture(scope="module")
 def secure(settings: Settings, served: str) -> str:
     """The second application: API key on, one request in flight and one queued at most."""
-    options = dataclasses.replace(
-        options_from(settings.serve.model_copy(update={"api_key": SecretStr(API_KEY)})),
-        max_ongoing_requests=1,
-        max_queued_requests=1,
-        max_batch_size=1,
-    )
+    limits = {"max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}
+    options = options_from(settings.serve.model_copy(update={"api_key": SecretStr(API_KEY), **limits}))
     return deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options, SECURE, "/secure")
 
 
 def test_binding_beyond_loopback_needs_an_api_key(settings: Settings) -> None:
-    options = dataclasses.replace(options_from(settings.serve), host="0.0.0.0", api_key_sha256=None)
+    options = options_from(settings.serve.model_copy(update={"host": "0.0.0.0", "api_key": None}))
     with pytest.raises(InsecureBinding, match="API key"):
         deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options)
 
