@@ -53,7 +53,7 @@ def train(
         config,
         run_name=run_name or time.strftime("train-%Y%m%d-%H%M%S"),
         ray_storage=settings.training.ray_storage,
-        checkpoints_dir=settings.root / "checkpoints",
+        checkpoints_dir=settings.training.checkpoints_dir,
         experiment=settings.registry.experiment,
         artifact_root=settings.registry.artifact_root,
         resume=resume,

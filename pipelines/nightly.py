@@ -43,7 +43,7 @@ from pipelines.retention import RetentionLimits, RetentionReport, apply_retentio
 from pipelines.settings import Settings
 from pipelines.training_flow import train_flow
 from promptseg.registry.tracking import open_run, use_experiment
-from storage.ingest_record import IngestRecord
+from storage.ingest_record import load_ingest_records
 from storage.reports import IngestReport, PreprocessReport
 
 NIGHTLY_LIMIT = "promptseg-nightly"
@@ -132,8 +132,7 @@ def single_run() -> Iterator[None]:
 def ingest_step(settings: Settings, sources: list[str]) -> IngestReport:
     """Ingest the given sources, or again every source ingested so far; a source that cannot be read at all fails."""
     if not sources:
-        records = sorted(settings.data.raw_dir.glob("*.json"))
-        sources = sorted({IngestRecord.load(path).source for path in records})
+        sources = sorted({record.source for record in load_ingest_records(settings.data.raw_dir)})
     report = stages.ingest(settings, [Path(s) for s in sources])
     unreadable = [failure for failure in report.failures if failure.case is None]  # a whole source, not a case
     if unreadable:

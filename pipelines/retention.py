@@ -68,7 +68,7 @@ def apply_retention(settings: Settings, limits: RetentionLimits) -> RetentionRep
     ray_storage = Path(settings.training.ray_storage)
     store = TaskStore.open(settings.store, settings.resolution)
     return RetentionReport(
-        checkpoint_folders=_prune_folders(settings.root / "checkpoints", limits.keep_checkpoints),
+        checkpoint_folders=_prune_folders(settings.training.checkpoints_dir, limits.keep_checkpoints),
         ray_run_folders=_prune_folders(ray_storage, limits.keep_checkpoints)
         if "://" not in settings.training.ray_storage
         else 0,

@@ -121,7 +121,7 @@ def champion_checkpoint(settings: Settings) -> Path:
 
     version = resolve_version(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION)
     return download_checkpoint(
-        settings.registry.tracking_uri, settings.registry.model_name, version, settings.root / "checkpoints"
+        settings.registry.tracking_uri, settings.registry.model_name, version, settings.training.checkpoints_dir
     )
 
 

@@ -81,9 +81,6 @@ class RunLog:
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self._client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
 
-    def tags(self) -> dict[str, str]:
-        return self._client.get_run(self.run_id).data.tags
-
 
 @dataclass(frozen=True)
 class RunRef:
