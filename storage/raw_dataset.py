@@ -55,6 +55,27 @@ def _read_json(path: Path) -> dict:
         raise RawDataError(path, f"invalid JSON ({error})") from error
 
 
+def _label_values(path: Path, mapping: object) -> dict[int, str]:
+    """A description's labels as value → name; a value that is not a whole number is the description's error."""
+    if not isinstance(mapping, dict):
+        raise RawDataError(path, "the labels must be a mapping of values to names")
+    try:
+        return {int(value): str(name) for value, name in mapping.items()}
+    except (TypeError, ValueError) as error:
+        raise RawDataError(path, f"label values must be whole numbers ({error})") from error
+
+
+def _case_entries(path: Path, entries: object, keys: tuple[str, ...]) -> list[dict]:
+    """A description's list of cases, each holding `keys`; the first entry without one is the description's error."""
+    if not isinstance(entries, list):
+        raise RawDataError(path, "the cases must be a list")
+    for number, entry in enumerate(entries, 1):
+        missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise RawDataError(path, f"case {number} has no {', '.join(repr(key) for key in missing)}")
+    return entries
+
+
 def _foreground_labels(mapping: dict[int, str]) -> dict[int, str]:
     return {value: name for value, name in sorted(mapping.items()) if value != 0}
 
@@ -64,7 +85,10 @@ def _load_msd(root: Path) -> RawDataset:
     meta = _read_json(meta_path)
     if "channel_names" in meta:  # nnU-Net v2
         modality = str(meta["channel_names"]["0"])
-        labels = {int(value): str(name) for name, value in meta["labels"].items()}
+        regions = {name: value for name, value in meta["labels"].items() if isinstance(value, list)}
+        if regions:
+            raise RawDataError(meta_path, f"nnU-Net region labels are not supported (one value per label): {regions}")
+        labels = _label_values(meta_path, {value: name for name, value in meta["labels"].items()})
         ending = meta.get("file_ending", ".nii.gz")
         images = sorted((root / "imagesTr").glob(f"*_0000{ending}"))
         cases = [
@@ -73,10 +97,10 @@ def _load_msd(root: Path) -> RawDataset:
         ]
     elif "modality" in meta:  # MSD v1
         modality = str(meta["modality"]["0"])
-        labels = {int(value): str(name) for value, name in meta["labels"].items()}
+        labels = _label_values(meta_path, meta["labels"])
         cases = [
             RawCase(Path(item["image"]).name.split(".")[0], root / item["image"], root / item["label"])
-            for item in meta["training"]
+            for item in _case_entries(meta_path, meta["training"], ("image", "label"))
         ]
     else:
         raise RawDataError(meta_path, "needs 'channel_names' (nnU-Net v2) or 'modality' (MSD v1)")
@@ -100,12 +124,13 @@ def _load_manifest(path: Path) -> RawDataset:
     if isinstance(labels, str):
         labels = _read_json(path.parent / labels)["labels"]
     cases = [
-        RawCase(str(item["id"]), path.parent / item["image"], path.parent / item["label"]) for item in meta["cases"]
+        RawCase(str(item["id"]), path.parent / item["image"], path.parent / item["label"])
+        for item in _case_entries(path, meta["cases"], ("id", "image", "label"))
     ]
     return RawDataset(
         name=str(meta["dataset"]),
         center=str(meta.get("center", meta["dataset"])),
         modality=str(meta["modality"]),
-        labels=_foreground_labels({int(v): str(n) for v, n in labels.items()}),
+        labels=_foreground_labels(_label_values(path, labels)),
         cases=cases,
     )
