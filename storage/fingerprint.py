@@ -1,7 +1,9 @@
 """The dataset fingerprint, after nnU-Net: spacings, shapes and foreground intensity statistics, kept as JSON.
 
-Per case, a bounded random sample of foreground intensities is drawn (as nnU-Net does, 10,000 voxels); the
-dataset's percentiles, mean and standard deviation come from the pooled samples. CT normalization uses them.
+Per case and label, a bounded random sample of the label's intensities is drawn (as nnU-Net does for the
+foreground, 10,000 voxels); the dataset's foreground percentiles, mean and standard deviation come from the pooled
+samples, and each label keeps a quantile sketch of its own samples (`label_quantiles`), from which the store's one
+CT window is pooled over the training labels only (storage.ct_window).
 The `Fingerprint` is part of the dataset's ingest record (storage.ingest_record) and of every store version.
 """
 
@@ -12,19 +14,26 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from storage.harmonize import PERCENTILES
 
 SAMPLES_PER_CASE = 10_000
 
 
-def foreground_sample(image: np.ndarray, label: np.ndarray, seed: int) -> list[float]:
-    """Up to SAMPLES_PER_CASE intensities drawn from the labelled voxels of one case."""
-    values = image[label > 0]
-    if values.size > SAMPLES_PER_CASE:
-        values = np.random.default_rng(seed).choice(values, SAMPLES_PER_CASE, replace=False)
-    return values.astype(float).tolist()
+SKETCH_POINTS = 1001  # quantiles at 0, 0.1, …, 100 %: fine enough in the tails the window is cut from
+
+
+def label_samples(image: np.ndarray, label: np.ndarray, seed: int) -> dict[int, list[float]]:
+    """Per label value present, up to SAMPLES_PER_CASE intensities drawn from its voxels in one case."""
+    rng = np.random.default_rng(seed)
+    samples = {}
+    for value in np.unique(label[label > 0]).tolist():
+        values = image[label == value]
+        if values.size > SAMPLES_PER_CASE:
+            values = rng.choice(values, SAMPLES_PER_CASE, replace=False)
+        samples[int(value)] = values.astype(float).tolist()
+    return samples
 
 
 ANISOTROPY_RATIO = 3.0
@@ -53,9 +62,19 @@ class ForegroundIntensity(BaseModel):
     std: float
 
 
+class LabelIntensity(BaseModel):
+    """A quantile sketch of one label's pooled intensity samples: SKETCH_POINTS evenly spaced quantiles and the
+    number of samples they summarize."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quantiles: list[float]
+    samples: int
+
+
 class Fingerprint(BaseModel):
     """A dataset's fingerprint: per-case shapes and spacings (mm), the median and target spacing, the foreground
-    intensity statistics."""
+    intensity statistics and, per label value, its intensity sketch (empty in records ingested before sketches)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -64,6 +83,15 @@ class Fingerprint(BaseModel):
     median_spacing: list[float]
     target_spacing: list[float]
     foreground_intensity: ForegroundIntensity
+    label_intensity: dict[str, LabelIntensity] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_empty_sketches(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A record ingested before sketches is written back exactly as it was read (its ids hash the same)."""
+        data = handler(self)
+        if not data.get("label_intensity"):
+            data.pop("label_intensity", None)
+        return data
 
     @property
     def foreground_percentiles(self) -> tuple[float, float]:
@@ -72,11 +100,16 @@ class Fingerprint(BaseModel):
 
 
 def dataset_fingerprint(
-    shapes: Sequence[list[int]], spacings: Sequence[list[float]], samples: Sequence[list[float]]
+    shapes: Sequence[list[int]], spacings: Sequence[list[float]], samples: Sequence[dict[int, list[float]]]
 ) -> Fingerprint:
-    """Combine the cases' shapes, spacings and foreground samples (one each per case) into the dataset fingerprint."""
-    pooled = np.concatenate([np.asarray(sample, float) for sample in samples] or [np.zeros(1)])
+    """Combine the cases' shapes, spacings and label samples (one each per case) into the dataset fingerprint."""
+    by_label: dict[int, list[float]] = {}
+    for case in samples:
+        for value, values in case.items():
+            by_label.setdefault(int(value), []).extend(values)
+    pooled = np.concatenate([np.asarray(v, float) for v in by_label.values()] or [np.zeros(1)])
     low, high = np.percentile(pooled, PERCENTILES)
+    grid = np.linspace(0, 100, SKETCH_POINTS)
     return Fingerprint(
         shapes=list(shapes),
         spacings=list(spacings),
@@ -85,6 +118,11 @@ def dataset_fingerprint(
         foreground_intensity=ForegroundIntensity(
             percentile_00_5=float(low), percentile_99_5=float(high), mean=float(pooled.mean()), std=float(pooled.std())
         ),
+        label_intensity={
+            str(value): LabelIntensity(quantiles=np.percentile(values, grid).tolist(), samples=len(values))
+            for value, values in sorted(by_label.items())
+            if values
+        },
     )
 
 

@@ -117,18 +117,24 @@ def resampled_shape(
 
 
 def resample_volume(
-    volume: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], *, label: bool = False
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    target: tuple[float, float, float],
+    *,
+    label: bool = False,
+    shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Resample a RAS (x, y, z) array from `spacing` to `target` spacing (mm) with SimpleITK."""
-    if np.allclose(spacing, target):
+    """Resample a RAS (x, y, z) array from `spacing` to `target` spacing (mm) with SimpleITK; the first voxels of
+    both grids coincide. The output has `resampled_shape`, or `shape` when given (to go back onto a source grid)."""
+    size = list(shape) if shape is not None else resampled_shape(volume.shape, spacing, target)
+    if np.allclose(spacing, target) and list(volume.shape) == size:
         return volume
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in spacing])
-    size = resampled_shape(volume.shape, spacing, target)
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
     resampled = sitk.Resample(
         image,
-        size,
+        [int(n) for n in size],
         sitk.Transform(),
         interpolator,
         image.GetOrigin(),

@@ -96,7 +96,7 @@ class IngestRecord(BaseModel):
             labels={str(value): name for value, name in dataset.labels.items()},
             source=str(Path(source).resolve()),
             fingerprint=dataset_fingerprint(
-                [s.shape for s in sources], [s.spacing for s in sources], [c.foreground_sample for c in checked]
+                [s.shape for s in sources], [s.spacing for s in sources], [c.label_samples for c in checked]
             ),
             cases=[CaseRecord(**s.model_dump(), store_id=keyed_case_id(secret, dataset.name, s.case)) for s in sources],
             rejected=list(rejected),

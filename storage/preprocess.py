@@ -3,8 +3,9 @@
 A `PreprocessPlan` (after nnU-Net's plans file) fixes everything besides the sources that determines a harmonized
 case: intensity normalization, target spacing, resolution, slicing axes, the share of empty slices kept; `plan_for`
 derives it from a dataset's ingest record (storage.ingest_record).
-`preprocess_case` reads the case, normalizes, resamples to the target spacing (storage.harmonize), cuts slices
-along each axis, fits them to the store's grid keeping their physical aspect, and writes them under a content key
+`preprocess_case` reads the case and prepares it by the one path serving uses too (storage.preparation: normalize,
+resample to the target spacing, cut slices along each axis, fit them to the store's grid keeping their physical
+aspect), and writes them under a content key
 (`case_key_for`: source hashes + plan + the code version of the recipe), so an unchanged case is never redone and
 any change of inputs or code makes a new one. `version_id_for` names a dataset version by its cases' keys;
 `commit_dataset_version` makes the version of the cases written current (the preprocess flow's last step per
@@ -20,17 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import harmonize, readers
-from storage.harmonize import (
-    NormalizationParams,
-    normalization_for,
-    normalize_intensity,
-    resample_volume,
-    resampled_shape,
-    to_model_grid,
-    volume_slices,
-)
+from storage import harmonize, preparation, readers
+from storage.harmonize import NormalizationParams, normalization_for, resampled_shape, volume_slices
 from storage.ingest_record import CaseRecord, IngestRecord
+from storage.preparation import Preparation, PreparedVolume, model_slices, resampled_labels
 from storage.readers import read_volume
 from storage.task_store import SCHEMA_VERSION, TaskStore, content_id
 
@@ -47,6 +41,10 @@ class PreprocessPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def preparation(self) -> Preparation:
+        return Preparation(self.normalization, self.target_spacing, self.resolution)
 
 
 def plan_for(
@@ -71,7 +69,12 @@ def plan_for(
 def recipe_code_version() -> str:
     """Hash of the code that turns sources into slices: a change to it gives every case a new key."""
     digest = hashlib.sha256()
-    sources = [Path(harmonize.__file__), Path(__file__), *sorted(Path(readers.__file__).parent.glob("*.py"))]
+    sources = [
+        Path(harmonize.__file__),
+        Path(preparation.__file__),
+        Path(__file__),
+        *sorted(Path(readers.__file__).parent.glob("*.py")),
+    ]
     for source in sources:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -117,22 +120,18 @@ def preprocess_case(store: TaskStore, dataset: str, case: CaseRecord, plan: Prep
     summaries = {axis: store.case_summary(dataset, key, axis) for axis in sliced_axes(case, plan)}
     if all(summary is not None for summary in summaries.values()):
         return [{**summary, "case": case.store_id} for summary in summaries.values()]
-    image = read_volume(Path(case.image))
-    label = read_volume(Path(case.label), dtype=np.int32)
-    normalized = normalize_intensity(image.array, plan.normalization)
-    normalized = resample_volume(normalized, image.spacing, plan.target_spacing)
-    label_map = resample_volume(label.array.astype(np.uint8), label.spacing, plan.target_spacing, label=True)
+    image = PreparedVolume(read_volume(Path(case.image)), plan.preparation)
+    label_map = resampled_labels(read_volume(Path(case.label), dtype=np.int32), plan.target_spacing)
     written = []
     for axis in summaries:
         if summaries[axis] is not None:
             written.append(summaries[axis])
             continue
-        in_plane = tuple(s for i, s in enumerate(plan.target_spacing) if i != axis)
-        image_slices, label_slices = volume_slices(normalized, axis), volume_slices(label_map, axis)
-        keep = select_slices(label_slices, plan.empty_fraction, seed=int(case.image_sha256[:8], 16) + axis)
-        images, _ = to_model_grid(image_slices[keep], plan.resolution, spacing=in_plane)
-        labels, _ = to_model_grid(label_slices[keep].astype(np.float32), plan.resolution, label=True, spacing=in_plane)
-        written.append(store.write_case(dataset, key, axis, np.clip(images, 0.0, 1.0), labels.astype(np.uint8), keep))
+        seed = int(case.image_sha256[:8], 16) + axis
+        keep = select_slices(volume_slices(label_map, axis), plan.empty_fraction, seed)
+        images, _ = image.slices(axis, keep)
+        labels, _ = model_slices(label_map, axis, plan.preparation, keep, label=True)
+        written.append(store.write_case(dataset, key, axis, images, labels.astype(np.uint8), keep))
     # Case arrays are content-addressed and may be shared by several cases: the case id belongs to the summary
     # this case contributes to its dataset version, not to the arrays.
     return [{**summary, "case": case.store_id} for summary in written]

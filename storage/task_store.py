@@ -2,7 +2,7 @@
 
 Layout (schema version 1)::
 
-    <store>/                                root group; attrs: schema_version, resolution
+    <store>/                                root group; attrs: schema_version, resolution, preparation
       datasets/<dataset>/                   group; attrs: current_version  ← the pointer, written last
         cases/<case_key>/axis<k>/           group; attrs: summary (written last: the case is complete)
           image                             float16 (slices, R, R) in [0, 1]; chunk = one slice
@@ -25,6 +25,8 @@ Layout (schema version 1)::
   its content-derived id, marked complete, and becomes current only when the dataset's pointer is written
   last. Readers only follow pointers, so a half-written version is never visible (no atomic rename needed,
   which object stores lack).
+- `preparation` holds the store's one CT window (storage.ct_window) and the preparation recipe version
+  (storage.preparation) the last preprocess run wrote under; training copies both into the model card.
 - The snapshot id hashes the metadata of every dataset's current version; training records it.
 - Retention: each dataset keeps the versions it replaced (`history`); `prune` deletes the older ones and the case
   arrays only they listed.
@@ -149,6 +151,15 @@ class TaskStore:
     @property
     def resolution(self) -> int:
         return int(self._root.attrs["resolution"])
+
+    def preparation(self) -> dict:
+        """The store's CT window (`ct_window`: [low, high] or None) and `recipe_version`; {} if never recorded."""
+        return dict(self._root.attrs.get("preparation", {}))
+
+    def record_preparation(self, recipe_version: str, ct_window: tuple[float, float] | None) -> None:
+        self._root.attrs.update(
+            {"preparation": {"recipe_version": recipe_version, "ct_window": list(ct_window) if ct_window else None}}
+        )
 
     def datasets(self) -> list[str]:
         group = self._root["datasets"]

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from storage.errors import RawDataError
-from storage.fingerprint import foreground_sample
+from storage.fingerprint import label_samples
 from storage.raw_dataset import RawCase, RawDataset, load_raw_dataset
 from storage.readers import Volume, read_volume, source_sha256
 
@@ -52,11 +52,11 @@ class SourceCase(BaseModel):
 
 @dataclass(frozen=True)
 class CheckedCase:
-    """A case without problems: its facts and a sample of its foreground intensities (storage.fingerprint), which only
-    the dataset fingerprint uses (the ingest record does not keep it)."""
+    """A case without problems: its facts and a sample of each label's intensities (storage.fingerprint), which only
+    the dataset fingerprint uses (the ingest record does not keep them)."""
 
     source: SourceCase
-    foreground_sample: list[float]
+    label_samples: dict[int, list[float]]
 
 
 def relative(path: Path, root: Path) -> str:
@@ -131,7 +131,7 @@ def check_case(case: RawCase, labels: dict[int, str], root: Path) -> tuple[Check
         shape=list(image.array.shape),
         spacing=list(image.spacing),
     )
-    return CheckedCase(source, foreground_sample(image.array, label.array, seed=0)), []
+    return CheckedCase(source, label_samples(image.array, label.array, seed=0)), []
 
 
 def dataset_root(source: Path) -> Path:

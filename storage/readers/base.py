@@ -1,8 +1,11 @@
 """What every raw-volume reader returns and must check: the `Volume`, the `VolumeReader` interface, shared guards.
 
 A `Volume` holds pixel data in RAS orientation (nibabel's `as_closest_canonical` convention: array indices increase
-toward Right, Anterior, Superior along axes 0, 1, 2), the voxel spacing in millimetres and, where the format
-records it, the modality. Nothing else leaves a reader: header fields that can carry patient data are never copied.
+toward Right, Anterior, Superior along axes 0, 1, 2), the voxel spacing in millimetres, where the format records it
+the modality, and the axis permutation and flips that took the stored voxel order to RAS (`to_ras`, nibabel's
+orientation array), so that a result computed on the RAS array goes back onto the file's own grid
+(`Volume.in_stored_order`). Every reader reaches RAS through `canonical` here, the one reorientation rule.
+Nothing else leaves a reader: header fields that can carry patient data are never copied.
 The guards here are shared so that every format refuses the same things with the same `RawDataError` messages.
 """
 
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from storage.errors import RawDataError
@@ -32,6 +36,20 @@ class Volume:
     spacing: tuple[float, float, float]
     modality: str | None = None
     affine: np.ndarray | None = None  # voxel index (RAS array order) → RAS world millimetres, 4×4
+    to_ras: np.ndarray | None = None  # stored voxel order → RAS array order (nibabel orientation array); None: same
+
+    def in_stored_order(self, array: np.ndarray) -> np.ndarray:
+        """An array on this volume's RAS grid put back in the voxel order the file stores."""
+        if self.to_ras is None:
+            return array
+        return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(_RAS, self.to_ras))
+
+    def stored_axis(self, stored: int) -> int:
+        """The RAS axis that the file's axis `stored` became."""
+        return stored if self.to_ras is None else int(self.to_ras[stored, 0])
+
+
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
 
 class VolumeReader(ABC):
@@ -72,6 +90,7 @@ def checked_volume(
     dtype: type,
     modality: str | None = None,
     affine: np.ndarray | None = None,
+    to_ras: np.ndarray | None = None,
 ) -> Volume:
     """Apply the shared guards to decoded data (still in its stored dtype) and cast it to `dtype`."""
     if array.ndim != 3:
@@ -80,5 +99,19 @@ def checked_volume(
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise RawDataError(path, "contains NaN or infinite values")
     return Volume(
-        array=array.astype(dtype, copy=False), spacing=check_spacing(path, spacing), modality=modality, affine=affine
+        array=array.astype(dtype, copy=False),
+        spacing=check_spacing(path, spacing),
+        modality=modality,
+        affine=affine,
+        to_ras=to_ras,
     )
+
+
+def canonical(path: Path, stored: np.ndarray, affine: np.ndarray, dtype: type, modality: str | None = None) -> Volume:
+    """A volume from its stored voxels and their index → RAS-millimetre affine, reoriented to the closest RAS
+    voxel order (a permutation and flips, never an interpolation; what `nib.as_closest_canonical` does)."""
+    to_ras = nib.orientations.io_orientation(affine)
+    array = nib.orientations.apply_orientation(stored, to_ras)
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(to_ras, stored.shape)
+    spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    return checked_volume(path, array, spacing, dtype, modality, ras_affine, to_ras)

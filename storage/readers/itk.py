@@ -1,8 +1,8 @@
 """Shared SimpleITK steps of the readers whose library is ITK (NRRD, DICOM): header guards and the LPS→RAS array.
 
-ITK images live in LPS physical space and `GetArrayFromImage` returns (z, y, x). `DICOMOrient(image, "RAS")`
-permutes and flips the grid so that indices increase toward Right, Anterior, Superior (DICOM letter convention:
-the letter names the direction an axis points to); transposing the array then gives nibabel's canonical layout.
+ITK images live in LPS physical space and `GetArrayFromImage` returns (z, y, x). The (x, y, z) array and its
+index → RAS affine go through the readers' one reorientation rule (`canonical`), which permutes and flips the grid
+so that indices increase toward Right, Anterior, Superior.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from storage.errors import RawDataError
-from storage.readers.base import Volume, check_size, check_spacing, checked_volume
+from storage.readers.base import Volume, canonical, check_size, check_spacing
 
 _ITEMSIZE = {
     sitk.sitkUInt8: 1,
@@ -49,9 +49,7 @@ def to_volume(path: Path, image: sitk.Image, dtype: type, modality: str | None =
     """The image's voxels in RAS order with its spacing, through the shared guards."""
     if image.GetDimension() != 3:
         raise RawDataError(path, f"expected a 3D volume, got shape {image.GetSize()}")
-    oriented = sitk.DICOMOrient(image, "RAS")
-    data = sitk.GetArrayFromImage(oriented).transpose(2, 1, 0)
-    return checked_volume(path, data, oriented.GetSpacing(), dtype, modality, _ras_affine(oriented))
+    return canonical(path, sitk.GetArrayFromImage(image).transpose(2, 1, 0), _ras_affine(image), dtype, modality)
 
 
 def _ras_affine(image: sitk.Image) -> np.ndarray:

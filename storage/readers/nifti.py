@@ -1,4 +1,4 @@
-"""NIfTI-1/2 volumes (.nii, .nii.gz) through nibabel, reoriented to RAS with `as_closest_canonical`."""
+"""NIfTI-1/2 volumes (.nii, .nii.gz) through nibabel, reoriented to RAS by the readers' one rule (`canonical`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from storage.errors import RawDataError
-from storage.readers.base import Volume, VolumeReader, check_size, check_spacing, checked_volume
+from storage.readers.base import Volume, VolumeReader, canonical, check_size, check_spacing
 
 
 class NiftiReader(VolumeReader):
@@ -38,6 +38,4 @@ def _read(path: Path, dtype: type) -> Volume:
     with ImageOpener(str(path)) as handle:
         raw_zooms = type(image.header).from_fileobj(handle, check=False)["pixdim"][1:4]
     check_spacing(path, raw_zooms)
-    canonical = nib.as_closest_canonical(image)
-    data = np.asanyarray(canonical.dataobj)
-    return checked_volume(path, data, canonical.header.get_zooms()[:3], dtype, affine=canonical.affine)
+    return canonical(path, np.asanyarray(image.dataobj), image.affine, dtype)

@@ -168,7 +168,7 @@ def test_dicom_slices_are_ordered_by_geometry_not_file_name(tmp_path: Path, perm
 
 def test_dicom_volume_carries_no_patient_data(tmp_path: Path, permuted_nifti: Path) -> None:
     volume = read_volume(_write_dicom_series(sitk.ReadImage(str(permuted_nifti)), tmp_path / "series"))
-    assert [field.name for field in dataclasses.fields(volume)] == ["array", "spacing", "modality", "affine"]
+    assert [field.name for field in dataclasses.fields(volume)] == ["array", "spacing", "modality", "affine", "to_ras"]
     assert volume.modality == "CT"
     text = repr(volume) + repr(vars(volume))
     for secret in ("DOE", "JANE", "MRN-0042", "19700101"):
@@ -323,3 +323,11 @@ def test_manifest_accepts_dicom_folders_and_png_files(tmp_path: Path, permuted_n
     assert [case.image for case in dataset.cases] == [tmp_path / "case0" / "ct", tmp_path / "photo.png"]
     for case in dataset.cases:
         assert read_volume(case.image).array.shape == read_volume(case.label, dtype=np.int32).array.shape
+
+
+def test_a_result_on_the_ras_grid_goes_back_to_the_files_voxel_order(permuted_nifti: Path) -> None:
+    volume = read_volume(permuted_nifti)
+    stored = np.asanyarray(nib.load(str(permuted_nifti)).dataobj)
+    np.testing.assert_array_equal(volume.in_stored_order(volume.array), stored)
+    assert sorted(volume.stored_axis(axis) for axis in range(3)) == [0, 1, 2]
+    assert volume.array.shape[volume.stored_axis(2)] == stored.shape[2]
