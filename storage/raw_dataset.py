@@ -39,6 +39,8 @@ class RawDataset:
 def load_raw_dataset(path: Path) -> RawDataset:
     """Read an MSD folder (holding dataset.json) or a manifest YAML file."""
     path = Path(path)
+    if not path.exists():
+        raise RawDataError(path, "no such file or folder")
     if path.is_dir():
         return _load_msd(path)
     if path.suffix in {".yaml", ".yml"}:
