@@ -3,7 +3,7 @@
 Routes (versioned under /v1, OpenAPI at /docs):
 - POST /v1/tasks (multipart): `prompt_images`, `prompt_masks`, form fields `modality`, optional `window`
   ("low,high", a CT window) and `labels` → 201 `TaskInfo`. The task id is a content hash: the same prompts give
-  the same id. GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
+  the same id. GET /v1/tasks → `TaskList` (every registered task); GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
 - POST /v1/segment (multipart): 2D `queries` (PNG or NPY files) or one 3D `volume` (NIfTI, or a zip of one DICOM
   series) segmented slice by slice along `axis` (default: the DICOM slice axis, NIfTI's third voxel axis); against a
   registered `task_id` or inline `prompt_images` and `prompt_masks`. Form fields: `modality` (CT, MR, ...; 8-bit
@@ -14,27 +14,43 @@ Routes (versioned under /v1, OpenAPI at /docs):
   one structure, all segmented in the same call. Masks out: label maps holding those values (0 = background,
   a pixel goes to the most probable label above the threshold); a binary result (no `labels`) is label 1, written
   as {0, 255} in PNGs.
-- GET /v1/model → `ModelInfo`; GET /healthz → `Health` (always open); GET /metrics → Prometheus text;
-  POST /v1/reload → `ReloadInfo` (follow the alias to its current version).
+- GET /v1/model → `ModelInfo`; GET /healthz → `Health` (always open); GET /metrics → Prometheus text (every
+  replica's counters summed); POST /v1/reload → `ReloadInfo` (follow the alias to its current version).
 - Auth: when the endpoint has an API key, every route but /healthz and the docs needs header `X-API-Key`
   (401 missing, 403 wrong). Bodies over the configured size get 413 before they are decoded; overload gets 503.
-- Errors: a 4xx status with an `ErrorResponse` body naming the problem and the file; never a 500 for bad input.
+- Errors: every error answer is a `Problem` (RFC 9457 problem details, `application/problem+json`) whose `code`
+  names the problem and `file` the offending upload; never a 500 for bad input.
 
 The form fields of the two POST routes are `TaskRequest` and `SegmentRequest`: the endpoint validates the form into
-them, the client and the CLI build them and send `form_fields()`.
+them, the client and the CLI build them and send `form_fields()`. This module imports pydantic and the input error
+only (no torch), so the client installs without the serving stack.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from promptseg.inference.errors import InvalidInput
-from promptseg.inference.predictor import DEFAULT_MODALITY, DEFAULT_THRESHOLD
 
+DEFAULT_MODALITY = "CT"  # the predictor's defaults (promptseg.inference.predictor), checked equal by a unit test
+DEFAULT_THRESHOLD = 0.5
 MAX_ENSEMBLE = 16
 MAX_LABEL = 65535
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE = "urn:promptseg:problem:"
+API_KEY_HEADER = "X-API-Key"
+
+
+def status_problem_code(status: int) -> str:
+    """The problem code of a bare HTTP status: its reason phrase in snake case (not_found, method_not_allowed),
+    `http_error` for a status without one."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
 
 
 def _comma_text(value: object) -> str | None:
@@ -105,97 +121,153 @@ class FormRequest(BaseModel):
 class TaskRequest(FormRequest):
     """POST /v1/tasks's fields: how the prompts are normalized and which label values of their masks to keep."""
 
-    modality: str = DEFAULT_MODALITY
-    window: Window = None
-    labels: Labels = None
+    modality: str = Field(
+        DEFAULT_MODALITY,
+        description="the prompts' modality, a DICOM modality code (CT, MR, PT, ...): CT is windowed, others are "
+        "clipped to each image's percentiles; 8-bit images are scaled whatever the modality",
+        examples=["CT", "MR"],
+    )
+    window: Window = Field(None, description="a CT window 'low,high' in Hounsfield units")
+    labels: Labels = Field(
+        None, description="label values to keep from label-map masks, comma-separated; none: binary masks (label 1)"
+    )
 
 
 class SegmentRequest(FormRequest):
     """POST /v1/segment's fields (every part of the request but its files)."""
 
-    task_id: str | None = None
-    modality: str | None = None
-    window: Window = None
-    labels: Labels = None
-    axis: int | None = Field(None, ge=0, le=2)
-    threshold: float = Field(DEFAULT_THRESHOLD, gt=0.0, lt=1.0)
-    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE)
-    uncertainty: bool = False
-    mask_format: Literal["png", "npy"] = "png"
-    volume_format: Literal["nifti", "dicom-seg", "npy"] | None = None
+    task_id: str | None = Field(None, description="a registered task's id; none: inline prompt files")
+    modality: str | None = Field(
+        None,
+        description="the queries' modality (a DICOM modality code); default the task's, else the DICOM header's, "
+        "else CT",
+        examples=["CT", "MR"],
+    )
+    window: Window = Field(None, description="a CT window 'low,high' in Hounsfield units; default the task's")
+    labels: Labels = Field(
+        None, description="label values to segment, comma-separated; default every label of the task or prompts"
+    )
+    axis: int | None = Field(
+        None, ge=0, le=2, description="the voxel axis a volume is sliced along; default the DICOM slice axis or 2"
+    )
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, gt=0.0, lt=1.0, description="the probability above which a pixel belongs to a label"
+    )
+    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE, description="K random prompt subsets whose predictions average")
+    uncertainty: bool = Field(False, description="add a float16 NPY uncertainty map per query or volume")
+    mask_format: Literal["png", "npy"] = Field("png", description="the file format of 2D label maps")
+    volume_format: Literal["nifti", "dicom-seg", "npy"] | None = Field(
+        None,
+        description="the file format of a volume's label map: nifti or npy for NIfTI input, dicom-seg or npy for "
+        "DICOM input; default the input's own",
+    )
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    file: str | None = None
+class Problem(BaseModel):
+    """Every error answer: RFC 9457 problem details (`application/problem+json`) with two extension members,
+    `code` (the project's name of the problem, also the end of `type`) and `file` (the upload at fault)."""
 
+    type: str = Field(description=f"a URI naming the kind of problem: {PROBLEM_TYPE}<code>")
+    title: str = Field(description="a short summary of the kind of problem (the status's reason phrase)")
+    status: int = Field(description="the HTTP status code of this answer")
+    detail: str = Field(description="what went wrong with this request, for people")
+    instance: str | None = Field(
+        None, description="this occurrence: urn:promptseg:request:<id>, the X-Request-ID header and the audit log's id"
+    )
+    code: str = Field(description="the problem, for programs: invalid_input, unknown_task, not_found, ...")
+    file: str | None = Field(None, description="the upload or form field at fault, when there is one")
 
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    @classmethod
+    def of(cls, status: int, code: str, detail: str, file: str | None = None, request_id: str | None = None) -> Problem:
+        """The problem of `status` and `code`; its type and title follow from them."""
+        return cls(
+            type=PROBLEM_TYPE + code,
+            title=HTTPStatus(status).phrase,
+            status=status,
+            detail=detail,
+            instance=f"urn:promptseg:request:{request_id}" if request_id else None,
+            code=code,
+            file=file,
+        )
 
 
 class Health(BaseModel):
-    status: str
-    model_version: str
+    """The endpoint is up and serves this model version."""
+
+    status: str = Field(description="ok")
+    model_version: str = Field(description="the registered model version this replica serves")
 
 
 class ModelInfo(BaseModel):
-    name: str
-    version: str
-    alias: str
-    model_card: dict
+    """The registered model version the endpoint serves."""
+
+    name: str = Field(description="the registered model's name")
+    version: str = Field(description="its version")
+    alias: str = Field(description="the alias the endpoint follows (champion unless deployed otherwise)")
+    model_card: dict = Field(description="the version's model card: data, training, evaluation, license")
 
 
 class ReloadInfo(BaseModel):
-    alias: str
-    previous_version: str
-    model_version: str
-    changed: bool
+    """What a reload did: the alias's version before and now."""
+
+    alias: str = Field(description="the alias followed")
+    previous_version: str = Field(description="the version served before the reload")
+    model_version: str = Field(description="the version served now")
+    changed: bool = Field(description="whether the alias had moved")
 
 
 class TaskInfo(BaseModel):
-    task_id: str
-    n_prompts: int
-    modality: str
-    labels: list[int]
-    window: tuple[float, float] | None = None
+    """A registered task: its prompts' count, modality, label values and CT window."""
+
+    task_id: str = Field(description="the content hash of the prompts, modality, window and labels")
+    n_prompts: int = Field(description="the number of prompt pairs")
+    modality: str = Field(description="the prompts' modality")
+    labels: list[int] = Field(description="the label values the task segments")
+    window: tuple[float, float] | None = Field(None, description="the CT window (low, high), if any")
+
+
+class TaskList(BaseModel):
+    """Every task registered with the endpoint."""
+
+    tasks: list[TaskInfo] = Field(description="the tasks, by id")
 
 
 class MaskResult(BaseModel):
     """One 2D query's label map (base64 of `mask_format` bytes) and, when asked, its uncertainty (float16 NPY,
     (H, W) for one label, (L, H, W) for several)."""
 
-    query: str
-    height: int
-    width: int
-    mask_format: str
-    mask_base64: str
-    foreground_fraction: dict[str, float]
-    uncertainty_npy_base64: str | None = None
+    query: str = Field(description="the query's form field, index and file name")
+    height: int = Field(description="the label map's height (the query's own)")
+    width: int = Field(description="the label map's width (the query's own)")
+    mask_format: str = Field(description="png or npy")
+    mask_base64: str = Field(description="the label map file, base64")
+    foreground_fraction: dict[str, float] = Field(description="the fraction of pixels of each label value")
+    uncertainty_npy_base64: str | None = Field(None, description="the uncertainty map as float16 NPY, base64")
 
 
 class VolumeResult(BaseModel):
     """A volume's label map on the input's grid (NIfTI, DICOM SEG or NPY bytes, base64) and its uncertainty."""
 
-    volume: str
-    shape: list[int]
-    axis: int
-    n_slices: int
-    volume_format: str
-    volume_base64: str
-    foreground_fraction: dict[str, float]
-    uncertainty_npy_base64: str | None = None
+    volume: str = Field(description="the volume's form field and file name")
+    shape: list[int] = Field(description="the label volume's shape (the input's grid)")
+    axis: int = Field(description="the voxel axis it was sliced along")
+    n_slices: int = Field(description="the number of slices segmented")
+    volume_format: str = Field(description="nifti, dicom-seg or npy")
+    volume_base64: str = Field(description="the label volume file, base64")
+    foreground_fraction: dict[str, float] = Field(description="the fraction of voxels of each label value")
+    uncertainty_npy_base64: str | None = Field(None, description="the uncertainty volume as float16 NPY, base64")
 
 
 class SegmentResponse(BaseModel):
-    request_id: str
-    model_name: str
-    model_version: str
-    task_id: str | None = None
-    n_prompts: int
-    labels: list[int]
-    ensemble: int
-    masks: list[MaskResult] = []
-    volume: VolumeResult | None = None
-    timings_ms: dict[str, float]
+    """A segmentation: one label map per 2D query, or one label volume."""
+
+    request_id: str = Field(description="the request's id (the X-Request-ID header)")
+    model_name: str = Field(description="the registered model that segmented")
+    model_version: str = Field(description="its version")
+    task_id: str | None = Field(None, description="the registered task segmented against, if any")
+    n_prompts: int = Field(description="the number of prompt pairs")
+    labels: list[int] = Field(description="the label values in the label maps (0 is background)")
+    ensemble: int = Field(description="the number of prompt subsets averaged")
+    masks: list[MaskResult] = Field([], description="the 2D queries' label maps, in the order sent")
+    volume: VolumeResult | None = Field(None, description="the volume's label map")
+    timings_ms: dict[str, float] = Field(description="milliseconds spent decoding, encoding prompts, segmenting, ...")

@@ -1,9 +1,13 @@
-"""A typed Python client (httpx) for the PromptSeg HTTP API.
+"""A typed Python client (httpx) for the PromptSeg HTTP API. It needs httpx, pydantic and numpy only (the `client`
+extra: `pip install "promptseg-platform[client]"`), never torch, ray or the serving stack.
 
-Overload answers (503, 429) are retried, waiting what the server's `Retry-After` says (seconds or an HTTP date) or
-else an exponential back-off, up to `retries` times and `max_wait_s` per wait. Any other error status raises
-`APIError` carrying the status and the error body's code, message and file. Form fields are sent as the API models
-build them (`TaskRequest`, `SegmentRequest`), so options the endpoint would refuse raise pydantic's
+Prompt images, masks and queries are file paths or numpy arrays (sent as NPY files). A connection that cannot be
+made (the endpoint starting or restarting) is retried with an exponential back-off, and overload answers (503, 429)
+after the server's `Retry-After` (seconds or an HTTP date) or else the back-off, up to `retries` times and
+`max_wait_s` per wait. `timeout` is the caller's: how long one call may wait for its answer (None: as long as it
+takes, e.g. a long volume); connecting gives up after `CONNECT_TIMEOUT_S` and is retried. Any other error status
+raises `APIError` with the status and the problem details' code, detail and file. Form fields are sent as the API
+models build them (`TaskRequest`, `SegmentRequest`), so options the endpoint would refuse raise pydantic's
 `ValidationError` before anything is sent.
 """
 
@@ -14,6 +18,7 @@ import contextlib
 import io
 import time
 import zipfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -22,35 +27,45 @@ import httpx
 import numpy as np
 from pydantic import ValidationError
 
-from promptseg.inference.image_io import decode_labels
 from promptseg.serving.api_models import (
-    ErrorResponse,
+    API_KEY_HEADER,
     Health,
     MaskResult,
     ModelInfo,
+    Problem,
     ReloadInfo,
     SegmentRequest,
     SegmentResponse,
     TaskInfo,
+    TaskList,
     TaskRequest,
+    status_problem_code,
 )
 
 RETRIED_STATUSES = (429, 503)
-API_KEY_HEADER = "X-API-Key"
+CONNECT_TIMEOUT_S = 10.0
+ImageSource = Path | str | np.ndarray  # a PNG/NPY file, or an array sent as NPY
 
 
 class APIError(Exception):
-    """The endpoint answered with an error status (after any retries)."""
+    """The endpoint answered with an error status (after any retries): its problem details' code, detail and
+    file."""
 
-    def __init__(self, status: int, code: str, message: str, file: str | None = None) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}" + (f" ({file})" if file else ""))
-        self.status, self.code, self.message, self.file = status, code, message, file
+    def __init__(self, status: int, code: str, detail: str, file: str | None = None) -> None:
+        super().__init__(f"HTTP {status} {code}: {detail}" + (f" ({file})" if file else ""))
+        self.status, self.code, self.detail, self.file = status, code, detail, file
+
+
+def backoff_seconds(attempt: int, max_wait_s: float) -> float:
+    """The wait before retry `attempt` (from 0) when the server named none: 0.5·2^attempt, at most `max_wait_s`."""
+    return min(0.5 * 2**attempt, max_wait_s)
 
 
 def retry_after_seconds(response: httpx.Response, attempt: int, max_wait_s: float) -> float:
-    """How long to wait before retrying `response`: its Retry-After (delta seconds or HTTP date), else 0.5·2^attempt."""
+    """How long to wait before retrying `response`: its Retry-After (delta seconds or HTTP date), else the
+    back-off."""
     value = response.headers.get("retry-after", "").strip()
-    wait = 0.5 * 2**attempt
+    wait = backoff_seconds(attempt, max_wait_s)
     if value.isdigit():
         wait = float(value)
     elif value:
@@ -62,11 +77,12 @@ def retry_after_seconds(response: httpx.Response, attempt: int, max_wait_s: floa
 def _raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
+    status = response.status_code
     try:
-        detail = ErrorResponse.model_validate(response.json()).error
-    except (ValueError, ValidationError):
-        raise APIError(response.status_code, "http_error", response.text[:200] or response.reason_phrase) from None
-    raise APIError(response.status_code, detail.code, detail.message, detail.file)
+        problem = Problem.model_validate(response.json())
+    except (ValueError, ValidationError):  # not problem details: Ray Serve's proxy refusing overload, a proxy, ...
+        raise APIError(status, status_problem_code(status), response.text[:200] or response.reason_phrase) from None
+    raise APIError(status, problem.code, problem.detail, problem.file)
 
 
 class PromptSegClient:
@@ -78,13 +94,14 @@ class PromptSegClient:
     def __init__(
         self,
         base_url: str,
-        timeout: float = 120.0,
+        timeout: float | None = None,
         retries: int = 3,
         max_wait_s: float = 30.0,
         api_key: str | None = None,
     ) -> None:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
+        self._http = httpx.Client(base_url=base_url, timeout=limits, headers=headers)
         self.retries, self.max_wait_s = retries, max_wait_s
 
     def __enter__(self) -> PromptSegClient:
@@ -103,7 +120,8 @@ class PromptSegClient:
         return ModelInfo.model_validate(self._request("GET", "/v1/model"))
 
     def metrics(self) -> str:
-        """The endpoint's Prometheus text (the replica that answered)."""
+        """The endpoint's Prometheus text: every replica's metrics summed (as Ray's metrics agents last exported
+        them)."""
         return self._request("GET", "/metrics", text=True)
 
     def reload(self) -> ReloadInfo:
@@ -112,8 +130,8 @@ class PromptSegClient:
 
     def create_task(
         self,
-        prompt_images: list[Path],
-        prompt_masks: list[Path],
+        prompt_images: Sequence[ImageSource],
+        prompt_masks: Sequence[ImageSource],
         modality: str = "CT",
         labels: list[int] | None = None,
         window: tuple[float, float] | None = None,
@@ -123,6 +141,10 @@ class PromptSegClient:
         form = TaskRequest(modality=modality, labels=labels, window=window).form_fields()
         return TaskInfo.model_validate(self._request("POST", "/v1/tasks", files=files, data=form))
 
+    def list_tasks(self) -> list[TaskInfo]:
+        """Every task registered with the endpoint."""
+        return TaskList.model_validate(self._request("GET", "/v1/tasks")).tasks
+
     def get_task(self, task_id: str) -> TaskInfo:
         return TaskInfo.model_validate(self._request("GET", f"/v1/tasks/{task_id}"))
 
@@ -131,9 +153,9 @@ class PromptSegClient:
 
     def segment(
         self,
-        prompt_images: list[Path],
-        prompt_masks: list[Path],
-        queries: list[Path],
+        prompt_images: Sequence[ImageSource],
+        prompt_masks: Sequence[ImageSource],
+        queries: Sequence[ImageSource],
         request: SegmentRequest | None = None,
         **options: object,
     ) -> SegmentResponse:
@@ -142,7 +164,7 @@ class PromptSegClient:
         return self._segment(files, request, options)
 
     def segment_task(
-        self, task_id: str, queries: list[Path], request: SegmentRequest | None = None, **options: object
+        self, task_id: str, queries: Sequence[ImageSource], request: SegmentRequest | None = None, **options: object
     ) -> SegmentResponse:
         """Segment 2D queries against a registered task (its modality unless `modality` is given)."""
         return self._segment(_files(queries=queries), request, options | {"task_id": task_id})
@@ -151,15 +173,15 @@ class PromptSegClient:
         self,
         volume: Path,
         task_id: str | None = None,
-        prompt_images: list[Path] | None = None,
-        prompt_masks: list[Path] | None = None,
+        prompt_images: Sequence[ImageSource] | None = None,
+        prompt_masks: Sequence[ImageSource] | None = None,
         request: SegmentRequest | None = None,
         **options: object,
     ) -> SegmentResponse:
         """Segment every slice of a NIfTI file or a DICOM series (a folder, zipped here, or a zip) against a task
         or inline prompts; the result comes back on the volume's grid."""
         files = [("volume", volume_upload(Path(volume)))]
-        files += _files(prompt_images=prompt_images or [], prompt_masks=prompt_masks or [])
+        files += _files(prompt_images=prompt_images or (), prompt_masks=prompt_masks or ())
         return self._segment(files, request, options | ({"task_id": task_id} if task_id else {}))
 
     def _segment(self, files: list, request: SegmentRequest | None, options: dict[str, object]) -> SegmentResponse:
@@ -170,8 +192,15 @@ class PromptSegClient:
 
     def _request(self, method: str, path: str, *, text: bool = False, **kwargs: object) -> dict | str | None:
         for attempt in range(self.retries + 1):
-            response = self._http.request(method, path, **kwargs)
-            if response.status_code not in RETRIED_STATUSES or attempt == self.retries:
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout):  # nothing was sent: safe to send again
+                if last:
+                    raise
+                time.sleep(backoff_seconds(attempt, self.max_wait_s))
+                continue
+            if response.status_code not in RETRIED_STATUSES or last:
                 break
             time.sleep(retry_after_seconds(response, attempt, self.max_wait_s))
         _raise_for_error(response)
@@ -191,13 +220,36 @@ def volume_upload(path: Path) -> tuple[str, bytes]:
     return f"{path.name}.zip", buffer.getvalue()
 
 
-def _files(**fields: list[Path]) -> list[tuple[str, tuple[str, bytes]]]:
-    return [(field, (Path(p).name, Path(p).read_bytes())) for field, paths in fields.items() for p in paths]
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _files(**fields: Sequence[ImageSource]) -> list[tuple[str, tuple[str, bytes]]]:
+    """Multipart files: a path as its file, an array as `<field>_<index>.npy`."""
+    return [
+        (field, (f"{field}_{index}.npy", _npy_bytes(source)))
+        if isinstance(source, np.ndarray)
+        else (field, (Path(source).name, Path(source).read_bytes()))
+        for field, sources in fields.items()
+        for index, source in enumerate(sources)
+    ]
 
 
 def decode_mask(result: MaskResult, labels: list[int]) -> np.ndarray:
-    """A query's label map (values `labels`, 0 = background; a binary result is {0, 1})."""
-    return decode_labels(base64.b64decode(result.mask_base64), labels)
+    """A query's label map (values `labels`, 0 = background; a binary result is {0, 1}). NPY masks need numpy
+    only; PNG masks need Pillow (installed with the platform, not with the `client` extra)."""
+    data = base64.b64decode(result.mask_base64)
+    if result.mask_format == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError("PNG masks need Pillow: install it, or segment with mask_format='npy'") from error
+    with Image.open(io.BytesIO(data)) as image:
+        array = np.asarray(image)
+    return (array > 0).astype(np.uint8) if labels == [1] else array
 
 
 def decode_uncertainty(npy_base64: str) -> np.ndarray:

@@ -1,50 +1,83 @@
 """The HTTP side of the Serve application: the FastAPI routes of contract 4 on the `PromptSegEndpoint` deployment,
-and the exception handlers that turn errors into typed JSON answers.
+the exception handlers that turn every error into problem details, and the OpenAPI document.
 
 A replica loads `models:/<name>@<alias>` (promptseg.serving.served_model, which also follows reloads) and keeps
 registered tasks in a folder every replica sees (promptseg.serving.served_tasks). The routes stay thin: a multipart
 body is validated into its request model (promptseg.serving.uploads), handed to the segmentation service
 (promptseg.serving.segmentation) and encoded (promptseg.serving.responses). The gateway middleware
-(promptseg.serving.gateway) adds request ids, the API key check, the body-size limit, the audit log and metrics. Bad
-input raises `InvalidInput`, answered as a typed 422 JSON error naming the file; an invalid form field is an
-`invalid_request`; an unknown task id is a 404.
+(promptseg.serving.gateway) adds request ids, the API key check, the body-size limit, the audit log and metrics.
+
+Every error answer is an `api_models.Problem` (`application/problem+json`): bad input raises `InvalidInput`
+(422 `invalid_input`, naming the file), an invalid form field is a 422 `invalid_request`, an unknown task a 404
+`unknown_task`, and the framework's own answers (unknown route, wrong method, unparseable body, body too large) and
+any other failure (500 `internal_error`) take the same shape. The OpenAPI document declares the problem answers and
+the API-key header as a security scheme.
 """
 
 import asyncio
-from typing import Annotated
+from http import HTTPStatus
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from promptseg.inference.errors import InvalidInput
 from promptseg.serving import gateway as serve_gateway
 from promptseg.serving.api_models import (
-    ErrorDetail,
-    ErrorResponse,
+    API_KEY_HEADER,
+    PROBLEM_MEDIA_TYPE,
     Health,
     ModelInfo,
+    Problem,
     ReloadInfo,
     SegmentResponse,
     TaskInfo,
+    TaskList,
+    status_problem_code,
 )
+from promptseg.serving.cluster_metrics import cluster_metrics
 from promptseg.serving.options import ServeOptions
 from promptseg.serving.responses import segment_response
 from promptseg.serving.segmentation import SegmentationService
 from promptseg.serving.served_model import ServedModel
-from promptseg.serving.served_tasks import ServedTasks, UnknownTask
+from promptseg.serving.served_tasks import ServedTasks, TaskHeader, UnknownTask
 from promptseg.serving.uploads import SegmentForm, TaskForm
 
 MULTIPART = "multipart/form-data"
-api = FastAPI(title="PromptSeg", version="1", description="In-context medical image segmentation")
+API_KEY_SCHEME = "APIKey"
+METRIC_NAMES = {metric.name for metric in serve_gateway.METRICS}
+METRIC_LABELS = {"le", *(key for metric in serve_gateway.METRICS for key in metric.tag_keys)}
+
+api = FastAPI(
+    title="PromptSeg",
+    version="1",
+    description="In-context medical image segmentation: register prompt pairs (an image and its mask) as a task, "
+    "then segment 2D images or whole volumes against it. Errors are RFC 9457 problem details.",
+)
 api.add_middleware(serve_gateway.Gateway)
 
 
-def _error(status: int, code: str, message: str, file: str | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(code=code, message=message, file=file))
-    return JSONResponse(status_code=status, content=body.model_dump())
+def _problems(described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: each described status and `default` answered with a `Problem`."""
+    content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    answers: dict[int | str, dict[str, Any]] = {
+        status: {"description": text, "content": content} for status, text in (described or {}).items()
+    }
+    answers["default"] = {"description": "any other error (missing or wrong API key, ...)", "content": content}
+    return answers
+
+
+def _problem(
+    request: Request, status: int, code: str, detail: str, file: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    _audit(request).update(error=code)
+    body = Problem.of(status, code, detail, file, request.scope["state"]["request_id"])
+    return JSONResponse(body.model_dump(exclude_none=True), status, headers, PROBLEM_MEDIA_TYPE)
 
 
 def _audit(request: Request) -> dict[str, object]:
@@ -54,20 +87,21 @@ def _audit(request: Request) -> dict[str, object]:
 
 @api.exception_handler(InvalidInput)
 async def _invalid_input(request: Request, error: InvalidInput) -> JSONResponse:
-    _audit(request).update(error="invalid_input")
-    return _error(422, "invalid_input", error.problem, error.file)
+    return _problem(request, 422, "invalid_input", error.problem, error.file)
 
 
 @api.exception_handler(UnknownTask)
 async def _unknown_task(request: Request, error: UnknownTask) -> JSONResponse:
-    _audit(request).update(error="unknown_task")
-    return _error(404, "unknown_task", f"no task {error.task_id!r} is registered")
+    return _problem(request, 404, "unknown_task", f"no task {error.task_id!r} is registered")
 
 
-@api.exception_handler(serve_gateway.BodyTooLarge)
-async def _body_too_large(request: Request, error: serve_gateway.BodyTooLarge) -> JSONResponse:
-    _audit(request).update(error="body_too_large")
-    return _error(413, "body_too_large", error.detail)
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """The framework's answers (no such route, wrong method, unparseable body) and a body over the limit."""
+    phrase = HTTPStatus(error.status_code).phrase
+    code = "body_too_large" if isinstance(error, serve_gateway.BodyTooLarge) else status_problem_code(error.status_code)
+    detail = error.detail if error.detail != phrase else f"{request.method} {request.url.path}: {phrase.lower()}"
+    return _problem(request, error.status_code, code, detail, headers=error.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -77,9 +111,49 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
     for detail in error.errors():
         if isinstance(found := detail.get("ctx", {}).get("error"), InvalidInput):
             return await _invalid_input(request, found)
-    _audit(request).update(error="invalid_request")
     fields = ", ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in error.errors())
-    return _error(422, "invalid_request", fields)
+    return _problem(request, 422, "invalid_request", fields)
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    return _problem(request, 500, "internal_error", f"the endpoint failed ({type(error).__name__}); see its logs")
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document plus the `Problem` schema and the API-key scheme on every route but the open ones."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        components["securitySchemes"] = {
+            API_KEY_SCHEME: {
+                "type": "apiKey",
+                "in": "header",
+                "name": API_KEY_HEADER,
+                "description": "needed when the endpoint has an API key (PROMPTSEG_SERVE_API_KEY): 401 without it, "
+                "403 when it does not match",
+            }
+        }
+        for path, operations in schema["paths"].items():
+            if path not in serve_gateway.OPEN_PATHS:
+                for operation in operations.values():
+                    operation["security"] = [{API_KEY_SCHEME: []}]
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+def _task_info(header: TaskHeader) -> TaskInfo:
+    return TaskInfo(
+        task_id=header.task_id,
+        n_prompts=header.n_prompts,
+        modality=header.modality,
+        labels=header.labels,
+        window=header.window,
+    )
 
 
 @serve.deployment
@@ -88,55 +162,99 @@ class PromptSegEndpoint:
     def __init__(self, tracking_uri: str, model_name: str, alias: str, options: ServeOptions) -> None:
         settings = options.settings
         self.model = ServedModel(tracking_uri, model_name, alias, settings.state_file, 16)
-        tasks = ServedTasks(settings.tasks_dir, settings.cache_size)
-        self.service = SegmentationService(self.model, tasks, int(settings.max_volume_mb * 2**20))
+        self.tasks = ServedTasks(settings.tasks_dir, settings.cache_size)
+        self.service = SegmentationService(self.model, self.tasks, int(settings.max_volume_mb * 2**20))
         self.service.configure_batching(settings.max_batch_size, settings.batch_wait_ms / 1e3)
         limit = int(settings.max_body_mb * 2**20)
         serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, settings.audit_dir))
+        self._reported: tuple[str, str] | None = None
+        self._report_model()
 
-    @api.get("/healthz")
+    def _report_model(self) -> None:
+        """Set the model-info gauge to the version this replica serves now (after catching up with a reload)."""
+        serving = self.model.current()
+        served = (serving.model.name, serving.version)
+        if served != self._reported:
+            if self._reported is not None:
+                serve_gateway.MODEL.labels(*self._reported).set(0)
+            serve_gateway.MODEL.labels(*served).set(1)
+            self._reported = served
+
+    def check_health(self) -> None:
+        """Serve's periodic replica check: keeps the model-info gauge on the version served."""
+        self._report_model()
+
+    @api.get("/healthz", responses=_problems())
     def healthz(self) -> Health:
+        """Whether the endpoint is up, and the model version it serves; open without an API key."""
         return Health(status="ok", model_version=self.model.current().version)
 
-    @api.get("/metrics", response_class=PlainTextResponse)
-    def metrics(self) -> Response:
-        serving = self.model.current()
-        serve_gateway.MODEL.clear()
-        serve_gateway.MODEL.labels(serving.model.name, serving.version).set(1)
-        return Response(generate_latest(serve_gateway.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    @api.get("/metrics", response_class=PlainTextResponse, responses=_problems())
+    async def metrics(self) -> Response:
+        """Prometheus text: request counts and latencies by route and status, query slices, batch sizes, task cache
+        hits and misses and replicas per model version, summed over every replica of this application (Ray's
+        metrics agents export them; values lag by up to Ray's metrics report interval)."""
+        application = serve.get_replica_context().app_name
+        text = await asyncio.to_thread(cluster_metrics, application, METRIC_NAMES, METRIC_LABELS)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    @api.get("/v1/model")
+    @api.get("/v1/model", responses=_problems())
     def model_info(self) -> ModelInfo:
+        """The registered model version served: name, version, the alias followed and its model card."""
         model = self.model.current().model
         return ModelInfo(name=model.name, version=model.version, alias=self.model.alias, model_card=model.model_card)
 
-    @api.post("/v1/reload")
+    @api.post("/v1/reload", responses=_problems())
     async def reload(self, request: Request) -> ReloadInfo:
+        """Follow the alias to the version it points to now; every replica catches up before its next request."""
         previous, version = await asyncio.to_thread(self.model.reload)
+        self._report_model()
         _audit(request).update(model_version=version, previous_version=previous)
         changed = previous != version
         return ReloadInfo(alias=self.model.alias, previous_version=previous, model_version=version, changed=changed)
 
-    @api.post("/v1/tasks", status_code=201, responses={422: {"model": ErrorResponse}})
+    @api.get("/v1/tasks", responses=_problems())
+    def list_tasks(self) -> TaskList:
+        """Every registered task (the task folder all replicas share), by id."""
+        return TaskList(tasks=[_task_info(header) for header in self.tasks.headers()])
+
+    @api.post(
+        "/v1/tasks",
+        status_code=201,
+        responses=_problems({413: "the body is over the size limit", 422: "a prompt file or field is invalid"}),
+    )
     async def create_task(self, request: Request, form: Annotated[TaskForm, Form(media_type=MULTIPART)]) -> TaskInfo:
+        """Register prompt pairs (images and masks, PNG or NPY) once; the id is a hash of their content, so the same
+        prompts give the same task. Segment against it with `task_id`."""
         return await self.service.create_task(form.request(), await form.prompts(), _audit(request))
 
-    @api.get("/v1/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
+    @api.get("/v1/tasks/{task_id}", responses=_problems({404: "no such task"}))
     def get_task(self, task_id: str) -> TaskInfo:
+        """A registered task: number of prompts, modality, label values and CT window."""
         return self.service.task_info(task_id)
 
-    @api.delete("/v1/tasks/{task_id}", status_code=204, responses={404: {"model": ErrorResponse}})
+    @api.delete("/v1/tasks/{task_id}", status_code=204, responses=_problems({404: "no such task"}))
     def delete_task(self, request: Request, task_id: str) -> Response:
+        """Delete a registered task and its cached encodings."""
         self.service.delete_task(task_id)
         _audit(request).update(task_id=task_id)
         return Response(status_code=204)
 
     @api.post(
         "/v1/segment",
-        responses={404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        responses=_problems(
+            {
+                404: "no such task",
+                413: "the body is over the size limit",
+                422: "a file or field is invalid (the problem names it)",
+            }
+        ),
     )
     async def segment(
         self, request: Request, form: Annotated[SegmentForm, Form(media_type=MULTIPART)]
     ) -> SegmentResponse:
+        """Segment 2D queries (PNG or NPY) or one volume (NIfTI, or a zipped DICOM series, slice by slice along
+        `axis`) against a registered task or inline prompt pairs: a label map per query, or a label volume on the
+        input's grid (NIfTI, DICOM SEG or NPY)."""
         outcome = await self.service.segment(form.request(), form.files(), _audit(request))
         return await segment_response(outcome, request.scope["state"]["request_id"])

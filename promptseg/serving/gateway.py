@@ -1,5 +1,5 @@
 """What happens to every HTTP request of the endpoint around its route: request id, API key, body-size limit,
-audit log line and Prometheus metrics (one ASGI middleware, `Gateway`).
+audit log line and metrics (one ASGI middleware, `Gateway`).
 
 - Request id: Ray Serve's id of the request (the one its proxy returns in the `X-Request-ID` header and writes to
   its logs), in `scope["state"]["request_id"]` for the route; outside Serve a fresh one, added as that header.
@@ -8,15 +8,20 @@ audit log line and Prometheus metrics (one ASGI middleware, `Gateway`).
   Missing → 401, wrong → 403, before the body is read.
 - Body limit: a declared `Content-Length` over the limit gets 413 before any byte is read; a body streamed without
   one is counted as it arrives and cut off with 413 at the limit.
+- Refusals are problem details (`api_models.Problem`, `application/problem+json`), like every error answer.
 - Audit: one JSON line per request (time, request id, method, route template, status, request and response bytes,
   duration, and what the route adds in `scope["state"]["audit"]`: task id, number of queries, model version,
   error code). File names, headers, client addresses and pixel data are never written: they may identify a patient.
 - Metrics: request counts and latencies by route and status, query slices segmented, requests per batch,
-  task-encoding cache hits and misses, in a registry of this replica's own, served as Prometheus text at /metrics.
+  task-encoding cache hits and misses and the model version served, as Ray Serve metrics (`ray.serve.metrics`):
+  Serve tags each value with its application, deployment and replica, and Ray's metrics agent on every node
+  exports them (`ray_promptseg_*`) for Prometheus; GET /metrics sums them over the replicas
+  (promptseg.serving.cluster_metrics).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -27,31 +32,82 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from ray.serve import metrics
 from ray.serve.context import _get_serve_request_context
 from starlette.exceptions import HTTPException
 
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
-API_KEY_HEADER = b"x-api-key"
+from promptseg.serving.api_models import API_KEY_HEADER, PROBLEM_MEDIA_TYPE, Problem
 
-REGISTRY = CollectorRegistry()
-REQUESTS = Counter("promptseg_requests", "HTTP requests answered", ["route", "status"], registry=REGISTRY)
-LATENCY = Histogram(
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+class ServeMetric:
+    """A Ray Serve metric made on first use: in a replica that is after Serve set the replica's context, so Serve
+    tags every value with its application, deployment and replica (a metric made at import would lack them).
+    `labels(...)` binds values to `tag_keys` in order."""
+
+    def __init__(
+        self,
+        kind: type[metrics.Counter | metrics.Gauge | metrics.Histogram],
+        name: str,
+        description: str,
+        tag_keys: tuple[str, ...] = (),
+        **options: Any,
+    ) -> None:
+        self.kind, self.name, self.description, self.tag_keys, self.options = kind, name, description, tag_keys, options
+
+    @functools.cached_property
+    def metric(self) -> metrics.Counter | metrics.Gauge | metrics.Histogram:
+        return self.kind(self.name, description=self.description, tag_keys=self.tag_keys or None, **self.options)
+
+    def labels(self, *values: str) -> _Tagged:
+        return _Tagged(self, dict(zip(self.tag_keys, values, strict=True)))
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        self.metric.inc(value, tags)
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.metric.observe(value, tags)
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.metric.set(value, tags)
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    metric: ServeMetric
+    tags: dict[str, str]
+
+    def inc(self, value: float = 1.0) -> None:
+        self.metric.inc(value, self.tags)
+
+    def observe(self, value: float) -> None:
+        self.metric.observe(value, self.tags)
+
+    def set(self, value: float) -> None:
+        self.metric.set(value, self.tags)
+
+
+REQUESTS = ServeMetric(metrics.Counter, "promptseg_requests", "HTTP requests answered", ("route", "status"))
+LATENCY = ServeMetric(
+    metrics.Histogram,
     "promptseg_request_seconds",
     "HTTP request latency",
-    ["route"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
-    registry=REGISTRY,
+    ("route",),
+    boundaries=[0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30],
 )
-QUERIES = Counter("promptseg_query_slices", "Query slices segmented", registry=REGISTRY)
-BATCH = Histogram(
+QUERIES = ServeMetric(metrics.Counter, "promptseg_query_slices", "Query slices segmented")
+BATCH = ServeMetric(
+    metrics.Histogram,
     "promptseg_batch_requests",
     "Requests served together by one serve.batch call",
-    buckets=(1, 2, 4, 8, 16, 32),
-    registry=REGISTRY,
+    boundaries=[1, 2, 4, 8, 16, 32],
 )
-CACHE = Counter("promptseg_task_cache", "Task-encoding cache lookups", ["result"], registry=REGISTRY)
-MODEL = Gauge("promptseg_model_info", "The model version this replica serves", ["name", "version"], registry=REGISTRY)
+CACHE = ServeMetric(metrics.Counter, "promptseg_task_cache", "Task-encoding cache lookups", ("result",))
+MODEL = ServeMetric(
+    metrics.Gauge, "promptseg_model_info", "Replicas serving this model version (1 per replica)", ("name", "version")
+)
+METRICS = (REQUESTS, LATENCY, QUERIES, BATCH, CACHE, MODEL)
 
 
 def key_digest(api_key: str) -> str:
@@ -77,9 +133,9 @@ def _header(scope: dict, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
 
 
-async def _send_error(send: Any, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "file": None}}).encode()
-    headers = [(b"content-type", b"application/json")]
+async def _send_problem(send: Any, request_id: str, status: int, code: str, detail: str) -> None:
+    body = Problem.of(status, code, detail, request_id=request_id).model_dump_json(exclude_none=True).encode()
+    headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -107,11 +163,11 @@ class Gateway:
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         if self.config.api_key_sha256 is None or path in OPEN_PATHS:
             return None
-        given = _header(scope, API_KEY_HEADER)
+        given = _header(scope, API_KEY_HEADER.lower().encode())
         if given is None:
-            return 401, "missing_api_key", "this endpoint needs an X-API-Key header"
+            return 401, "missing_api_key", f"this endpoint needs an {API_KEY_HEADER} header"
         if not hmac.compare_digest(hashlib.sha256(given).hexdigest(), self.config.api_key_sha256):
-            return 403, "wrong_api_key", "the X-API-Key header does not match"
+            return 403, "wrong_api_key", f"the {API_KEY_HEADER} header does not match"
         return None
 
     def _too_large(self, scope: dict) -> bool:
@@ -151,11 +207,11 @@ class Gateway:
             refusal = too_large
         try:
             if refusal is not None:
-                await _send_error(tagged_send, *refusal)
+                await _send_problem(tagged_send, request_id, *refusal)
             else:
                 await self.app(scope, counted_receive, tagged_send)
         except BodyTooLarge:
-            await _send_error(tagged_send, *too_large)
+            await _send_problem(tagged_send, request_id, *too_large)
         finally:
             self._record(scope, outcome, time.perf_counter() - start)
 

@@ -4,12 +4,14 @@ A task's prompts (decoded images at their native sizes, one binary mask per prom
 and an optional CT window) are written once to
 `<folder>/<task id>.npz` (a temporary file, then an atomic rename, so a half-written task is never visible); the
 task id is the SHA-256 of that content, so registering the same prompts twice gives the same id. Any replica that
-sees the folder can serve the task and re-encode it after an eviction or a restart. Encodings live in an LRU keyed
-by (task id, model version, ensemble size), so a new model version never reuses an old version's encodings.
+sees the folder can serve the task and re-encode it after an eviction or a restart, and lists every task from the
+folder (`headers`: what each is, without its arrays). Encodings live in an LRU keyed by (task id, model version,
+ensemble size), so a new model version never reuses an old version's encodings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -34,6 +36,17 @@ class UnknownTask(KeyError):
     def __init__(self, task_id: str) -> None:
         super().__init__(task_id)
         self.task_id = task_id
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    """What a registered task is, read without its prompt arrays."""
+
+    task_id: str
+    modality: str
+    window: tuple[float, float] | None
+    labels: list[int]
+    n_prompts: int
 
 
 @dataclass(frozen=True)
@@ -123,15 +136,34 @@ class ServedTasks:
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
 
-    def describe(self, task_id: str) -> tuple[NormalizationParams, list[int]]:
-        """The task's intensity recipe and label values, reading only those entries of its file (no prompt arrays)."""
+    def header(self, task_id: str) -> TaskHeader:
+        """The task's modality, window, label values and number of prompts, reading only those entries of its file."""
         try:
             with np.load(self._path(task_id), allow_pickle=False) as data:
                 low_high = data["window"].tolist()
-                intensity = intensity_recipe(str(data["modality"]), (low_high[0], low_high[1]) if low_high else None)
-                return intensity, [int(v) for v in data["labels"]]
+                return TaskHeader(
+                    task_id,
+                    str(data["modality"]),
+                    (low_high[0], low_high[1]) if low_high else None,
+                    [int(v) for v in data["labels"]],
+                    sum(1 for key in data.files if key.startswith("image_")),
+                )
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
+
+    def headers(self) -> list[TaskHeader]:
+        """Every registered task's header, by id (a task deleted meanwhile is left out)."""
+        found = []
+        for path in sorted(self.folder.glob("*.npz")):
+            if TASK_ID.match(path.stem):
+                with contextlib.suppress(UnknownTask):
+                    found.append(self.header(path.stem))
+        return found
+
+    def describe(self, task_id: str) -> tuple[NormalizationParams, list[int]]:
+        """The task's intensity recipe and label values (from its header)."""
+        header = self.header(task_id)
+        return intensity_recipe(header.modality, header.window), header.labels
 
     def delete(self, task_id: str) -> None:
         try:

@@ -1,10 +1,12 @@
 """The HTTP client against a real local HTTP server that answers from a script: retries on 503/429 honour
-Retry-After (seconds or an HTTP date), give up after `retries`, error bodies become typed `APIError`s, and segment
+Retry-After (seconds or an HTTP date), give up after `retries`, connections refused are retried until the server
+is up, the timeout is the caller's, problem details (and bodies that are none) become typed `APIError`s, and segment
 options travel as the `SegmentRequest`'s form fields (validated before anything is sent)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -36,6 +39,7 @@ class _Scripted(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         status, headers, body = self.script.pop(0) if self.script else HEALTHY
         self.seen.append(time.monotonic())
+        time.sleep(float(headers.pop("Delay", 0)))  # a slow answer
         payload = json.dumps(body).encode()
         self.send_response(status)
         for key, value in {"Content-Type": "application/json", **headers}.items():
@@ -48,12 +52,26 @@ class _Scripted(BaseHTTPRequestHandler):
         return
 
 
+def _serve_on(port: int) -> ThreadingHTTPServer:
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _Scripted)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _problem(status: int, code: str, detail: str) -> dict:
+    return {"type": f"urn:promptseg:problem:{code}", "title": "t", "status": status, "detail": detail, "code": code}
+
+
 @pytest.fixture
 def server() -> Iterator[type[_Scripted]]:
     _Scripted.script, _Scripted.seen, _Scripted.bodies = [], [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = _serve_on(0)
     _Scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield _Scripted
     httpd.shutdown()
@@ -63,8 +81,8 @@ def test_overload_answers_are_retried_after_the_servers_retry_after(server: type
     # 3 s ahead: the first retry's 1 s wait and the date's whole seconds leave at least ~1 s when the 429 comes
     in_three_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
     server.script = [
-        (503, {"Retry-After": "1"}, {"error": {"code": "overloaded", "message": "busy"}}),
-        (429, {"Retry-After": in_three_seconds}, {"error": {"code": "rate_limited", "message": "slow down"}}),
+        (503, {"Retry-After": "1"}, _problem(503, "overloaded", "busy")),
+        (429, {"Retry-After": in_three_seconds}, _problem(429, "rate_limited", "slow down")),
         HEALTHY,
     ]
     with PromptSegClient(server.url, retries=3) as client:
@@ -75,18 +93,48 @@ def test_overload_answers_are_retried_after_the_servers_retry_after(server: type
 
 
 def test_retries_give_up_with_the_typed_error(server: type[_Scripted]) -> None:
-    server.script = [(503, {"Retry-After": "0"}, {"error": {"code": "overloaded", "message": "busy"}})] * 3
+    server.script = [(503, {"Retry-After": "0"}, _problem(503, "overloaded", "busy"))] * 3
     with PromptSegClient(server.url, retries=2) as client, pytest.raises(APIError) as raised:
         client.healthz()
     assert raised.value.status == 503 and raised.value.code == "overloaded" and len(server.seen) == 3
 
 
 def test_client_errors_are_not_retried_and_name_the_file(server: type[_Scripted]) -> None:
-    body = {"error": {"code": "invalid_input", "message": "mask is not binary", "file": "prompt_masks[0] m.png"}}
+    body = _problem(422, "invalid_input", "mask is not binary") | {"file": "prompt_masks[0] m.png"}
     server.script = [(422, {}, body), HEALTHY]
     with PromptSegClient(server.url) as client, pytest.raises(APIError, match="not binary") as raised:
         client.model_info()
     assert raised.value.status == 422 and raised.value.file == "prompt_masks[0] m.png" and len(server.seen) == 1
+    assert (raised.value.code, raised.value.detail) == ("invalid_input", "mask is not binary")
+
+
+def test_a_body_that_is_no_problem_still_raises_a_typed_error(server: type[_Scripted]) -> None:
+    server.script = [(502, {}, "upstream gone")]  # e.g. a proxy in front of the endpoint
+    with PromptSegClient(server.url, retries=0) as client, pytest.raises(APIError) as raised:
+        client.healthz()
+    assert (raised.value.status, raised.value.code, raised.value.detail) == (502, "bad_gateway", '"upstream gone"')
+
+
+def test_connection_errors_are_retried_until_the_endpoint_is_up() -> None:
+    port, started = _free_port(), []  # nothing listens on the port for a second
+    later = threading.Timer(1.0, lambda: started.append(_serve_on(port)))
+    later.start()
+    begin = time.monotonic()
+    with PromptSegClient(f"http://127.0.0.1:{port}", retries=4, max_wait_s=2.0) as client:
+        assert client.healthz().model_version == "3"  # refused at first, then retried after 0.5, 1, 2 s
+    assert time.monotonic() - begin >= 1.0
+    later.join()
+    started[0].shutdown()
+    with PromptSegClient(f"http://127.0.0.1:{_free_port()}", retries=1) as client, pytest.raises(httpx.ConnectError):
+        client.healthz()  # nothing ever listens: the last connection error is raised
+
+
+def test_the_timeout_is_the_callers(server: type[_Scripted]) -> None:
+    server.script = [(200, {"Delay": "1.5"}, HEALTHY[2]) for _ in range(2)]
+    with PromptSegClient(server.url, timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+        client.healthz()
+    with PromptSegClient(server.url, timeout=5.0) as client:
+        assert client.healthz().model_version == "3"  # the same slow answer within a longer timeout
 
 
 def test_segment_options_travel_as_the_request_models_form_fields(server: type[_Scripted], tmp_path: Path) -> None:

@@ -70,7 +70,36 @@ def test_a_registered_task_segments_like_inline_prompts_until_deleted(
         data={"task_id": task.task_id},
         timeout=60,
     )
-    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+
+
+def test_tasks_are_listed_and_arrays_segment_like_their_files(served: str, http_files: dict[str, list[Path]]) -> None:
+    arrays = {kind: [np.asarray(Image.open(path)) for path in paths] for kind, paths in http_files.items()}
+    with PromptSegClient(served, timeout=60) as client:
+        task = client.create_task(arrays["images"], arrays["masks"], modality="MR")  # sent as NPY files
+        assert task in client.list_tasks()
+        from_files = client.segment_task(task.task_id, http_files["queries"])
+        from_arrays = client.segment_task(task.task_id, arrays["queries"])
+        client.delete_task(task.task_id)
+        assert task.task_id not in {listed.task_id for listed in client.list_tasks()}
+    assert [m.mask_base64 for m in from_arrays.masks] == [m.mask_base64 for m in from_files.masks]
+
+
+def test_every_error_of_the_framework_is_problem_details(served: str) -> None:
+    answers = {
+        (404, "not_found"): httpx.get(f"{served}/v1/nothing"),
+        (405, "method_not_allowed"): httpx.put(f"{served}/v1/segment"),
+        (422, "invalid_request"): httpx.post(f"{served}/v1/segment", data={"threshold": "2"}, files={"x": b"x"}),
+        (400, "bad_request"): httpx.post(
+            f"{served}/v1/segment", content=b"--b\r\nbroken", headers={"content-type": "multipart/form-data"}
+        ),
+    }
+    for (status, code), response in answers.items():
+        assert response.status_code == status, (code, response.text)
+        assert response.headers["content-type"] == "application/problem+json", code
+        problem = response.json()
+        assert (problem["status"], problem["code"], problem["type"]) == (status, code, f"urn:promptseg:problem:{code}")
+        assert problem["title"] and problem["detail"] and problem["instance"].endswith(response.headers["x-request-id"])
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -196,10 +225,11 @@ def test_every_bad_input_gets_a_typed_4xx_json_naming_the_problem(
         form = {k: v for k, v in fields.items() if isinstance(v, str)}
         response = httpx.post(f"{served}/v1/segment", files=upload or None, data=form, timeout=60)
         assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:300])
-        error = response.json()["error"]
-        assert error["code"] == code, (name, error)
+        assert response.headers["content-type"] == "application/problem+json", name
+        error = response.json()
+        assert error["code"] == code and error["status"] == response.status_code, (name, error)
         if message:
-            assert message in error["message"] or message in (error["file"] or ""), (name, error)
+            assert message in error["detail"] or message in error.get("file", ""), (name, error)
     assert httpx.get(f"{served}/healthz").status_code == 200  # and the endpoint is still there
 
 

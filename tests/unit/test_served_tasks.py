@@ -74,3 +74,17 @@ def test_deleted_and_unknown_tasks_raise(tmp_path: Path) -> None:
             tasks.get(bad)
     with pytest.raises(UnknownTask):
         tasks.delete(task_id)
+
+
+def test_every_task_is_listed_with_its_header_and_no_arrays(tmp_path: Path) -> None:
+    tasks = ServedTasks(tmp_path)
+    images, masks = _prompts(0)
+    ids = sorted([tasks.put(images, masks, "MR"), tasks.put(images, {3: masks[1], 5: masks[1]}, "CT", (-160.0, 240.0))])
+    (tmp_path / "notes.npz").write_bytes(b"not a task")  # other files in the folder are no tasks
+    headers = tasks.headers()
+    assert [h.task_id for h in headers] == ids
+    by_modality = {h.modality: h for h in headers}
+    assert (by_modality["MR"].labels, by_modality["MR"].window, by_modality["MR"].n_prompts) == ([1], None, 2)
+    assert (by_modality["CT"].labels, by_modality["CT"].window) == ([3, 5], (-160.0, 240.0))
+    tasks.delete(ids[0])
+    assert [h.task_id for h in tasks.headers()] == ids[1:]
