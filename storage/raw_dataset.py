@@ -39,13 +39,14 @@ class RawDataset:
 def load_raw_dataset(path: Path) -> RawDataset:
     """Read an MSD folder (holding dataset.json) or a manifest YAML file."""
     path = Path(path)
+    expected = "an MSD folder with dataset.json or a manifest .yaml file"
     if not path.exists():
-        raise RawDataError(path, "no such file or folder")
+        raise RawDataError(path, f"no such file or folder (expected {expected})")
     if path.is_dir():
         return _load_msd(path)
     if path.suffix in {".yaml", ".yml"}:
         return _load_manifest(path)
-    raise RawDataError(path, "expected an MSD folder with dataset.json or a manifest .yaml file")
+    raise RawDataError(path, f"expected {expected}")
 
 
 def _read_json(path: Path) -> dict:
