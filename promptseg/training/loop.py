@@ -6,7 +6,8 @@ commit, held-out spec, system) and keeps the final checkpoint.
 A checkpoint every `checkpoint_every` steps holds everything needed to continue exactly: weights, optimizer,
 scheduler, step and every rank's random states (torch, numpy, Python, the sampler's, the augmentation's). After a
 worker dies, Ray Train restarts the workers from the last checkpoint (`max_failures`); a later run with the same
-name and `resume=True` continues it. `fail_after_checkpoint` injects a worker crash for tests.
+name and `resume=True` continues it. `fail_after_checkpoint` injects a worker crash for tests. Rank 0 sends its
+progress to the driver, which logs it (promptseg.training.progress).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from promptseg.registry.tracking import (
     open_run,
     use_experiment,
 )
+from promptseg.training.progress import QUEUE_KEY, ProgressTicker, following
 from promptseg.training.synthetic_tasks import synthetic_batch
 from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
 from promptseg.training.trainer_state import load_trainer_state, save_trainer_state
@@ -172,8 +174,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def train_loop_per_worker(raw_config: dict) -> None:
-    """The loop every Ray Train worker runs."""
-    config = TrainConfig(**raw_config)
+    """The loop every Ray Train worker runs; rank 0 also sends progress to the driver's queue."""
+    config = TrainConfig(**{k: v for k, v in raw_config.items() if k != QUEUE_KEY})
     torch.set_num_threads(config.threads_per_worker)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -212,6 +214,8 @@ def train_loop_per_worker(raw_config: dict) -> None:
     losses: list[float] = []  # this worker's loss per step since the last report
     stamps: list[int] = []  # and when each step ended (ms)
     model.train()
+    queue = raw_config.get(QUEUE_KEY) if rank == 0 else None
+    ticker = ProgressTicker(queue, config.steps, config.global_batch_size, start) if queue is not None else None
     for step in range(start, config.steps):
         if config.fail_after_checkpoint and checkpoint is None and rank == world - 1 and step == crash_at:
             _die_after_committed_checkpoint()
@@ -226,6 +230,8 @@ def train_loop_per_worker(raw_config: dict) -> None:
         scheduler.step()
         losses.append(loss.item())
         stamps.append(int(time.time() * 1000))
+        if ticker is not None:
+            ticker.step_done(step + 1, losses[-1])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             states = _gather(_random_states(sampler, generator), world)
             averaged = _mean_over_workers(losses, world, device)
@@ -333,7 +339,7 @@ def run_training(
     if not training_tasks:
         raise ValueError(f"no training tasks in {config.store_url} outside the held-out spec {config.held_out}")
     run_id = previous.run_id if previous else None
-    with open_run(config.tracking_uri, experiment_id, run_name, run_id) as run:
+    with open_run(config.tracking_uri, experiment_id, run_name, run_id) as run, following() as progress_queue:
         config.run_id = run.run_id
         if previous is None:
             run.log_params({k: v for k, v in asdict(config).items() if k not in {"run_id", "tracking_uri"}})
@@ -354,7 +360,7 @@ def run_training(
             )
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=asdict(config),
+            train_loop_config={**asdict(config), QUEUE_KEY: progress_queue},
             scaling_config=ScalingConfig(
                 num_workers=config.num_workers,
                 use_gpu=config.use_gpu,
