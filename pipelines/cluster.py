@@ -2,7 +2,8 @@
 
 Order: `RAY_ADDRESS` (a cluster), else the head this workspace started and recorded (if still alive), else a new
 head. A new head is `ray start --head --block` in its own process group, bound to 127.0.0.1 unless configured,
-so `promptseg serve`, `query`, training and `serve --stop` in later processes all find the same instance.
+so `promptseg serve start`, `query`, training and `serve stop` in later processes all find the same instance; its
+record also names its dashboard.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def start_head(
 ) -> str:
     """Start a Ray head in its own process group and record its address; return the address."""
     services_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port(host)
+    port, dashboard_port = _free_port(host), _free_port(host)
     # More logical CPUs than cores: a Serve replica and a 2-worker TorchTrainer must fit together.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     command = [
@@ -64,7 +65,7 @@ def start_head(
         f"--num-cpus={cpus}",
         "--include-dashboard=true",
         f"--dashboard-host={host}",
-        f"--dashboard-port={_free_port(host)}",
+        f"--dashboard-port={dashboard_port}",
         "--disable-usage-stats",
     ]
     log = open(services_dir / "ray-head.log", "ab")  # noqa: SIM115 - handed to the detached child
@@ -81,8 +82,15 @@ def start_head(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"Ray head did not start; see {services_dir / 'ray-head.log'}")
         time.sleep(0.5)
-    (services_dir / RECORD).write_text(json.dumps({"address": address, "pid": process.pid}))
+    dashboard = f"http://{host}:{dashboard_port}"
+    (services_dir / RECORD).write_text(json.dumps({"address": address, "pid": process.pid, "dashboard": dashboard}))
     return address
+
+
+def dashboard_url(services_dir: Path) -> str | None:
+    """The dashboard of the head this workspace started, if it still runs."""
+    record = recorded_head(services_dir)
+    return record.get("dashboard") if record else None
 
 
 def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "127.0.0.1") -> subprocess.Popen:

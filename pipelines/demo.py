@@ -4,8 +4,9 @@ Synthetic multi-center datasets plus data/samples/ct-abdomen-61 go through the n
 operators schedule: ingest → preprocess → train the tiny model on Ray with 2 workers, quick held-out evaluation,
 registration as challenger → promotion gate → start the endpoint → retention), then held-out structures are queried
 over HTTP, prompts and queries from different cases. Prints Dice of the
-model and of the mean-prompt-mask baseline, where the overlays are and how to query by hand. The endpoint keeps
-running until `promptseg serve --stop`.
+model and of the mean-prompt-mask baseline, where the overlays, the MLflow UI and the Ray dashboard are and how
+to query by hand. The endpoint keeps
+running until `promptseg serve stop`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import stages
 from pipelines.nightly import NightlyConfig, NightlyReport, nightly
 from pipelines.querying import query_files
 from pipelines.settings import Settings
@@ -154,5 +156,8 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
             f"-F prompt_masks=@{files['prompt_masks'][0]} -F queries=@{files['queries'][0]}",
             soft_wrap=True,
         )
-    console.print(f"stop the endpoint with: promptseg --workspace {settings.root} serve --stop")
+    for name, address in stages.addresses(settings).items():
+        if address:
+            console.print(f"{name.replace('_', ' ')}: {address}", soft_wrap=True)
+    console.print(f"stop the endpoint with: promptseg --workspace {settings.root} serve stop")
     console.print(f"demo finished in {time.monotonic() - start:.0f} s")

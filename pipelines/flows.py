@@ -3,18 +3,21 @@
 - ingest: one task per case reads it once (storage.verify: every problem, with its file relative to the dataset
   root). Good cases get a keyed pseudonym (storage.privacy) and go into the dataset's ingest record (JSON in the
   workspace, storage.ingest_record) with the fingerprint; bad cases are reported and left out while every good
-  case still lands.
+  case still lands. With `strict`, the records are written only when no case and no source was rejected: one bad
+  case lands nothing, so nothing half-ingested becomes visible.
 - preprocess: one task per case harmonizes it into the store, in parallel on Dask (a local cluster by default,
   a scheduler address by configuration), retried on transient errors, cached by the case's content key (source
   hashes + plan + recipe code version) so an unchanged case costs nothing. A new dataset version becomes current
   after all its cases are written; a case that fails is reported and left out of it.
 Each run returns its report (storage.reports) and ends with it as a Markdown summary artifact (datasets, cases,
-tasks, slices, bytes, failures, time).
+tasks, slices, bytes, failures, time). Each case checked or written is one line on the `promptseg.progress` logger,
+which the CLI prints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
@@ -34,6 +37,8 @@ from storage.raw_dataset import RawCase, load_raw_dataset
 from storage.reports import IngestedDataset, IngestReport, PreprocessedDataset, PreprocessReport
 from storage.task_store import TaskStore
 from storage.verify import CheckedCase, Problem, check_case, dataset_root, relative
+
+PROGRESS = logging.getLogger("promptseg.progress")
 
 
 def dask_runner(address: str | None, workers: int) -> DaskTaskRunner:
@@ -64,23 +69,26 @@ def check_case_task(case: RawCase, labels: dict[int, str], root: str) -> tuple[C
 
 
 @flow(name="ingest")
-def ingest_flow(sources: list[str], raw_dir: str, secret_path: str) -> IngestReport:
-    """Check every case of every source dataset; write one ingest record per dataset with good cases."""
+def ingest_flow(sources: list[str], raw_dir: str, secret_path: str, strict: bool = False) -> IngestReport:
+    """Check every case of every source dataset; write one ingest record per dataset with good cases (with `strict`,
+    none unless every case and source is good)."""
     start = time.monotonic()
     secret = workspace_secret(Path(secret_path))
     rows: list[IngestedDataset] = []
     failures: list[Failure] = []
+    records: list[IngestRecord] = []
     for source in sources:
         try:
             dataset = load_raw_dataset(Path(source))
         except StorageError as error:
             failures.append(Failure(dataset=Path(source).name, file=Path(source).name, problem=str(error)))
+            PROGRESS.info("ingest %s: rejected (%s)", source, error)
             continue
         root = dataset_root(Path(source))
         futures = [check_case_task.submit(case, dataset.labels, str(root)) for case in dataset.cases]
         checked: list[CheckedCase] = []
         problems: list[Failure] = []
-        for case, future in zip(dataset.cases, futures, strict=True):
+        for number, (case, future) in enumerate(zip(dataset.cases, futures, strict=True), 1):
             future.wait()
             state = future.state
             if state.is_completed():
@@ -91,6 +99,10 @@ def ingest_flow(sources: list[str], raw_dir: str, secret_path: str) -> IngestRep
             problems.extend(Failure.from_problem(dataset.name, p) for p in case_problems)
             if result is not None:
                 checked.append(result)
+            verdict = "ok" if result is not None else f"rejected ({case_problems[0].problem})"
+            PROGRESS.info(
+                "ingest %s: case %d/%d %s %s", dataset.name, number, len(dataset.cases), case.case_id, verdict
+            )
         failures.extend(problems)
         rows.append(
             IngestedDataset(
@@ -102,7 +114,10 @@ def ingest_flow(sources: list[str], raw_dir: str, secret_path: str) -> IngestRep
             )
         )
         if checked:
-            IngestRecord.from_checked(dataset, Path(source), checked, problems, secret).save(Path(raw_dir))
+            records.append(IngestRecord.from_checked(dataset, Path(source), checked, problems, secret))
+    if not (strict and failures):
+        for record in records:
+            record.save(Path(raw_dir))
     _summary_artifact("ingest-summary", "Ingest", rows, failures, time.monotonic() - start)
     return IngestReport(datasets=rows, failures=failures)
 
@@ -149,7 +164,15 @@ def preprocess_flow(
         r.dataset: [preprocess_case_task.submit(store_url, r.dataset, c, plans[r.dataset]) for c in r.cases]
         for r in records
     }
-    wait([f for fs in futures.values() for f in fs])
+    cases = {
+        future: (record.dataset, case.case)
+        for record in records
+        for case, future in zip(record.cases, futures[record.dataset], strict=True)
+    }
+    for number, future in enumerate(as_completed(list(cases)), 1):
+        dataset, case = cases[future]
+        verdict = "written" if future.state.is_completed() else f"failed ({future.state.message})"
+        PROGRESS.info("preprocess %s: case %d/%d %s %s", dataset, number, len(cases), case, verdict)
     written: dict[str, list[dict]] = {}
     failures: list[Failure] = []
     for record in records:

@@ -87,9 +87,12 @@ class RollOut(BaseModel):
 
 
 class NightlyReport(BaseModel):
-    """One run: each step's outcome (None until it completed) and, for a failed run, where and why."""
+    """One run: the workspace and resolution it ran on, each step's outcome (None until it completed) and, for a
+    failed run, where and why."""
 
     name: str
+    workspace: str
+    resolution: int
     status: Literal["running", "succeeded", "failed"] = "running"
     ingest: IngestReport | None = None
     preprocess: PreprocessReport | None = None
@@ -250,7 +253,9 @@ def _on_failure(settings: Settings, config: NightlyConfig, report: NightlyReport
 
 def run_pipeline(settings: Settings, config: NightlyConfig) -> NightlyReport:
     """The steps in order, each a Prefect task with its failure hook; returns the report of every step."""
-    report = NightlyReport(name=time.strftime("nightly-%Y%m%d-%H%M%S"))
+    report = NightlyReport(
+        name=time.strftime("nightly-%Y%m%d-%H%M%S"), workspace=str(settings.root), resolution=settings.resolution
+    )
 
     def run(step: str, step_task: Task, *arguments: Any) -> Any:
         get_run_logger().info("nightly step %s", step)

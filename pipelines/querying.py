@@ -1,10 +1,13 @@
 """`promptseg query` (through the HTTP endpoint) and `promptseg segment` (in-process, through the Predictor):
 prompt pairs (or a registered task) and 2D queries or a volume (NIfTI, DICOM folder or zip) from files in; mask
-files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and, when asked, uncertainty maps out."""
+files (PNG/NPY, NIfTI, DICOM SEG), overlay PNGs and, when asked, uncertainty maps out. A volume's request and its
+answer are lines on the `promptseg.progress` logger, which the CLI prints."""
 
 from __future__ import annotations
 
 import base64
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from promptseg.inference.volume_io import read_label_volume, read_volume
 from promptseg.serving.api_models import MaskResult, SegmentRequest, SegmentResponse, VolumeResult
 from promptseg.serving.client import PromptSegClient, decode_mask, decode_uncertainty, volume_upload
 from storage.harmonize import NormalizationParams, normalize_intensity
+
+PROGRESS = logging.getLogger("promptseg.progress")
 
 
 def _write_outputs(
@@ -79,7 +84,12 @@ def query_files(
         report |= {"model_version": response.model_version, "request_id": response.request_id}
         report["timings_ms"] = response.timings_ms
     if volume is not None:
+        size = sum(path.stat().st_size for path in [volume, *volume.rglob("*")] if path.is_file())
+        PROGRESS.info("query: sending %s (%.1f MB) to the endpoint", volume, size / 2**20)
+        start = time.monotonic()
         response = client.segment_volume(volume, request.task_id, prompt_images, prompt_masks, request)
+        seconds = time.monotonic() - start
+        PROGRESS.info("query: %s: %d slices segmented in %.1f s", volume, response.volume.n_slices, seconds)
         report["volume"] = _write_volume(volume, response, out)
         report |= {"model_version": response.model_version, "volume_request_id": response.request_id}
     return report

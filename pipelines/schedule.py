@@ -4,7 +4,8 @@
 API the environment points at (PREFECT_API_URL): the flow is loaded from this project's folder by a process worker
 (`prefect worker start --pool <pool>`), runs at `cron` in `timezone` (default 02:00 UTC) with the given
 `NightlyConfig` as parameters, and at most one run of it is active at a time (the deployment's concurrency limit,
-besides the flow's own global limit).
+besides the flow's own global limit). Its runs get `env` as process variables: the settings in force where it was
+registered (pipelines.environment.in_force), so they use that workspace and resolution, not the worker's.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def ensure_process_pool(name: str) -> None:
         client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
-def register_nightly(cron: str, timezone: str, work_pool: str, config: NightlyConfig) -> dict:
-    """Register the scheduled deployment; returns its id, schedule and pool."""
+def register_nightly(cron: str, timezone: str, work_pool: str, config: NightlyConfig, env: dict[str, str]) -> dict:
+    """Register the scheduled deployment, its runs with `env` set; returns its id, schedule, pool and variables."""
     ensure_process_pool(work_pool)
     source = nightly.from_source(str(PROJECT_ROOT), entrypoint="pipelines/nightly.py:nightly")
     deployment_id = source.deploy(
@@ -38,6 +39,7 @@ def register_nightly(cron: str, timezone: str, work_pool: str, config: NightlyCo
         schedule=Cron(cron, timezone=timezone),
         concurrency_limit=1,
         parameters={"config": config.model_dump()},
+        job_variables={"env": env},
         description="ingest → preprocess → train → gate → roll out → retention",
         print_next_steps=False,
     )
@@ -47,5 +49,6 @@ def register_nightly(cron: str, timezone: str, work_pool: str, config: NightlyCo
         "cron": cron,
         "timezone": timezone,
         "work_pool": work_pool,
+        "env": env,
         "start_worker": f"prefect worker start --pool {work_pool}",
     }

@@ -3,7 +3,8 @@
 ingest → workspace/raw/<dataset>.json (storage.ingest_record); preprocess → the Zarr task store; train → an MLflow
 run and a checkpoint folder (registered as `challenger`); evaluate → a report folder logged to the version's run;
 promote → the `champion` alias; serve → a Ray Serve application recorded in workspace/services/serve.json.
-`train` and `evaluate` live in pipelines.model_stages, which the promotion gate builds on.
+`train` and `evaluate` live in pipelines.model_stages, which the promotion gate builds on. `addresses` says where
+the MLflow UI and the Ray dashboard of the workspace are.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from storage.reports import IngestReport, PreprocessReport
 
 __all__ = [
+    "NoEndpoint",
+    "addresses",
     "champion_checkpoint",
     "endpoint_client",
     "evaluate",
@@ -39,6 +42,10 @@ __all__ = [
 SERVE_RECORD = "serve.json"
 
 
+class NoEndpoint(LookupError):
+    """No endpoint address was given and this workspace recorded none."""
+
+
 def verify(sources: list[Path]) -> dict[str, list[dict]]:
     from storage.verify import verify_dataset
 
@@ -49,10 +56,12 @@ def verify(sources: list[Path]) -> dict[str, list[dict]]:
     return report
 
 
-def ingest(settings: Settings, sources: list[Path]) -> IngestReport:
+def ingest(settings: Settings, sources: list[Path], strict: bool = False) -> IngestReport:
+    """Ingest records of the sources' good cases (with `strict`, none if any case or source was rejected)."""
     from pipelines.flows import ingest_flow
 
-    return ingest_flow([str(s) for s in sources], str(settings.data.raw_dir), str(settings.data.secret_path))
+    raw_dir, secret = str(settings.data.raw_dir), str(settings.data.secret_path)
+    return ingest_flow([str(s) for s in sources], raw_dir, secret, strict)
 
 
 def preprocess(settings: Settings, datasets: list[str] | None = None) -> PreprocessReport:
@@ -103,7 +112,9 @@ def recorded_serve_url(settings: Settings) -> str | None:
 def serve_url(settings: Settings) -> str:
     url = recorded_serve_url(settings)
     if url is None:
-        raise RuntimeError("no endpoint recorded in this workspace: run `promptseg serve` first")
+        raise NoEndpoint(
+            f"no endpoint is recorded in {settings.root}: start one with `promptseg serve start` or give --url"
+        )
     return url
 
 
@@ -113,6 +124,16 @@ def endpoint_client(settings: Settings, url: str | None = None) -> PromptSegClie
 
     key = settings.serve.api_key.get_secret_value() if settings.serve.api_key else None
     return PromptSegClient(url or serve_url(settings), api_key=key)
+
+
+def addresses(settings: Settings) -> dict[str, str | None]:
+    """Where to look: the MLflow UI (the tracking server, or the command that opens the workspace's database) and
+    the dashboard of the Ray head this workspace started (None when it runs none)."""
+    from pipelines import cluster
+
+    tracking = settings.registry.tracking_uri
+    mlflow_ui = tracking if tracking.startswith("http") else f"mlflow ui --backend-store-uri {tracking}"
+    return {"mlflow_ui": mlflow_ui, "ray_dashboard": cluster.dashboard_url(settings.services_dir)}
 
 
 def champion_checkpoint(settings: Settings) -> Path:

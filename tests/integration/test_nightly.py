@@ -205,9 +205,9 @@ def test_the_deployment_is_scheduled_on_a_real_prefect_server(tmp_path: Path) ->
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        registered = subprocess.run(
-            [*CLI, "schedule", "--steps", "50"], env=environment, capture_output=True, text=True, timeout=300
-        )
+        scheduled = tmp_path / "scheduled"  # the global options win over the variables, in the deployment's runs too
+        arguments = [*CLI, "--workspace", str(scheduled), "--resolution", "96", "schedule", "--steps", "50"]
+        registered = subprocess.run(arguments, env=environment, capture_output=True, text=True, timeout=300)
         assert registered.returncode == 0, registered.stdout + registered.stderr
         [deployment] = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
         [entry] = deployment["schedules"]
@@ -215,6 +215,10 @@ def test_the_deployment_is_scheduled_on_a_real_prefect_server(tmp_path: Path) ->
         assert deployment["name"] == "nightly" and deployment["work_pool_name"] == "promptseg-process"
         assert deployment["entrypoint"] == "pipelines/nightly.py:nightly"
         assert deployment["parameters"]["config"]["steps"] == 50
+        assert deployment["job_variables"]["env"] == {
+            "PROMPTSEG_WORKSPACE": str(scheduled.resolve()),
+            "PROMPTSEG_RESOLUTION": "96",
+        }
         assert deployment["global_concurrency_limit"]["limit"] == 1
         pool = httpx.get(f"{api}/work_pools/promptseg-process", timeout=30).json()
         assert pool["type"] == "process"
