@@ -5,9 +5,12 @@
   workspace, storage.ingest_record) with the fingerprint; bad cases are reported and left out while every good
   case still lands. With `strict`, the records are written only when no case and no source was rejected: one bad
   case lands nothing, so nothing half-ingested becomes visible.
-- preprocess: one task per case harmonizes it into the store, in parallel on Dask (a local cluster by default,
-  a scheduler address by configuration), retried on transient errors, cached by the case's content key (source
-  hashes + plan + recipe code version) so an unchanged case costs nothing. A new dataset version becomes current
+- preprocess: the store's one CT window is pooled from the training labels of every ingested CT dataset
+  (storage.ct_window) unless configured, and recorded in the store; every CT dataset whose current version was
+  clipped to another window is redone in the same run. Then one task per case harmonizes it into the store, in
+  parallel on Dask (a local cluster by default, a scheduler address by configuration), retried on transient
+  errors, cached by the case's content key (source hashes + plan + recipe code version) so an unchanged case
+  costs nothing. A new dataset version becomes current
   after all its cases are written; a case that fails is reported and left out of it.
 Each run returns its report (storage.reports) and ends with it as a Markdown summary artifact (datasets, cases,
 tasks, slices, bytes, failures, time). Each case checked or written is one line on the `promptseg.progress` logger,
@@ -23,14 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
+from storage.ct_window import store_ct_window
 from storage.errors import StorageError
 from storage.ingest_record import CaseRecord, Failure, IngestRecord, load_ingest_records
+from storage.preparation import RECIPE_VERSION
 from storage.preprocess import PreprocessPlan, case_key_for, commit_dataset_version, plan_for, preprocess_case
 from storage.privacy import workspace_secret
 from storage.raw_dataset import RawCase, load_raw_dataset
@@ -151,14 +157,19 @@ def preprocess_flow(
     axes: list[int] | None = None,
     empty_fraction: float = 0.1,
     ct_window: list[float] | None = None,
+    held_out: list[str] | None = None,
 ) -> PreprocessReport:
-    """Harmonize every ingested dataset (or those named) into the store; one new version per changed dataset.
+    """Harmonize every ingested dataset (or those named, plus the CT datasets a changed window affects) into the
+    store; one new version per changed dataset.
 
-    `ct_window` (low, high in HU) replaces the CT datasets' foreground percentiles for clipping."""
+    `ct_window` (low, high in HU) is the store's CT window; by default it is pooled from the ingested CT datasets'
+    labels outside the `held_out` spec (storage.ct_window)."""
     start = time.monotonic()
     store = TaskStore.open(store_url, resolution, create=True)
-    records = load_ingest_records(Path(raw_dir), datasets)
-    window = (float(ct_window[0]), float(ct_window[1])) if ct_window else None
+    everything = load_ingest_records(Path(raw_dir))
+    window = (float(ct_window[0]), float(ct_window[1])) if ct_window else store_ct_window(everything, held_out or [])
+    records = [r for r in everything if not datasets or r.dataset in datasets or _window_changed(store, r, window)]
+    store.record_preparation(RECIPE_VERSION, window)
     plans = {r.dataset: plan_for(r, resolution, tuple(axes or (0, 1, 2)), empty_fraction, window) for r in records}
     futures = {
         r.dataset: [preprocess_case_task.submit(store_url, r.dataset, c, plans[r.dataset]) for c in r.cases]
@@ -189,6 +200,14 @@ def preprocess_flow(
             commit_dataset_version(store, record.model_copy(update={"cases": done}), plans[record.dataset], summaries)
             written[record.dataset] = summaries
     return _preprocess_report(store, records, written, failures, time.monotonic() - start)
+
+
+def _window_changed(store: TaskStore, record: IngestRecord, window: tuple[float, float] | None) -> bool:
+    """Whether a CT dataset in the store was clipped to another window than the store's."""
+    if window is None or record.modality.upper() != "CT" or record.dataset not in store.datasets():
+        return False
+    normalization = store.version_info(record.dataset)["normalization"]
+    return not np.allclose([normalization["low"], normalization["high"]], window)
 
 
 def _preprocess_report(

@@ -76,6 +76,7 @@ def preprocess(settings: Settings, datasets: list[str] | None = None) -> Preproc
         settings.data.axes,
         settings.data.empty_fraction,
         settings.data.ct_window,
+        settings.training.held_out,
     )
 
 

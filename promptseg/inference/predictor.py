@@ -5,9 +5,11 @@
 serialized to bytes. `segment(task, queries, modality)` harmonizes the queries, runs them in batches against the
 encoding and maps every probability map back to its query's native grid, with a per-pixel uncertainty.
 `modality` is a modality name (per-image percentiles, 8-bit images scaled), a `NormalizationParams` (e.g. a CT
-window; `intensity_recipe` picks a request's), `NORMALIZED` for native-size arrays already in [0, 1] (slices of a
-volume normalized as a whole), or `MODEL_GRID` for arrays that already are model input (R×R in [0, 1], e.g.
-task-store slices). Probabilities become masks and label maps in one place only: `label_map`, with a threshold.
+window; `intensity_recipe` picks a request's), `NORMALIZED` for native-size arrays already in [0, 1], or
+`MODEL_GRID` for arrays that already are model input (R×R in [0, 1]: task-store slices, or a volume's slices
+prepared by storage.preparation). Native 2D images take an optional pixel `spacing` (row, column mm) so that they
+keep their physical aspect in the grid as store slices do. Probabilities become masks and label maps in one place
+only: `label_map`, with a threshold.
 
 Ensembling: with `ensemble=K > 1`, a task is encoded K times, each from a random subset of its prompts
 (`subset_fraction` of them); probabilities are averaged. The uncertainty map is the binary entropy (bits, in
@@ -39,6 +41,7 @@ NORMALIZED = "normalized"
 DEFAULT_MODALITY = "CT"
 DEFAULT_THRESHOLD = 0.5
 Intensity = str | NormalizationParams
+Spacing = tuple[float, float] | None
 
 
 def intensity_recipe(
@@ -47,15 +50,21 @@ def intensity_recipe(
     *,
     task: NormalizationParams | None = None,
     volume_modality: str | None = None,
+    model_window: tuple[float, float] | None = None,
 ) -> NormalizationParams:
     """The intensity recipe of a request: its own `modality` and `window` when it names either, else its task's
     recipe, else the modality the volume declares (a DICOM header's), else CT. A window alone keeps the task's
-    modality; a modality alone drops the task's window."""
+    modality; a modality alone drops the task's window. CT left without a window takes the served model's (the
+    window of the store it was trained on), never per-image percentiles."""
     if task is not None and modality is None and window is None:
-        return task
-    fallback = task.modality if task is not None else volume_modality or DEFAULT_MODALITY
-    low, high = window or (None, None)
-    return NormalizationParams(modality or fallback, low, high)
+        recipe = task
+    else:
+        fallback = task.modality if task is not None else volume_modality or DEFAULT_MODALITY
+        low, high = window or (None, None)
+        recipe = NormalizationParams(modality or fallback, low, high)
+    if recipe.modality.upper() == "CT" and recipe.low is None and model_window is not None:
+        return NormalizationParams("CT", *model_window)
+    return recipe
 
 
 def label_map(probabilities: Sequence[np.ndarray], values: Sequence[int], threshold: float) -> np.ndarray:
@@ -127,7 +136,9 @@ class Predictor:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def _to_grid(self, image: np.ndarray, modality: Intensity, name: str) -> tuple[np.ndarray, SliceGeometry | None]:
+    def _to_grid(
+        self, image: np.ndarray, modality: Intensity, name: str, spacing: Spacing = None
+    ) -> tuple[np.ndarray, SliceGeometry | None]:
         """A native 2D image → (R×R model input, geometry to map results back; None for MODEL_GRID input)."""
         if image.ndim != 2:
             raise InvalidInput(name, f"expected a 2D image, got shape {image.shape}")
@@ -142,13 +153,16 @@ class Predictor:
         else:
             params = modality if isinstance(modality, NormalizationParams) else NormalizationParams(modality)
             normalized = normalize_intensity(image, params)
-        grid, geometry = to_model_grid(normalized[None], self.resolution)
+        grid, geometry = to_model_grid(normalized[None], self.resolution, spacing=spacing or (1.0, 1.0))
         return grid[0], geometry
 
-    def _mask_to_grid(self, mask: np.ndarray, modality: Intensity) -> np.ndarray:
+    def _mask_to_grid(self, mask: np.ndarray, modality: Intensity, spacing: Spacing = None) -> np.ndarray:
         if modality == MODEL_GRID:
             return mask.astype(np.float32)
-        return to_model_grid(mask[None].astype(np.float32), self.resolution, label=True)[0][0]
+        grid, _ = to_model_grid(
+            mask[None].astype(np.float32), self.resolution, label=True, spacing=spacing or (1.0, 1.0)
+        )
+        return grid[0]
 
     def _check_prompts(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         if not len(images):
@@ -177,6 +191,7 @@ class Predictor:
         masks_by_label: dict[str, Sequence[np.ndarray]],
         modality: Intensity,
         ensemble: int | None = None,
+        spacing: Spacing = None,
     ) -> dict[str, TaskEncoding]:
         """One task per label over the same prompt images, encoded in one batched call (`ensemble` members each,
         the predictor's default unless given)."""
@@ -190,10 +205,14 @@ class Predictor:
                 self._check_prompts(prompt_images, masks)
             except InvalidInput as error:
                 raise InvalidInput(f"{error.file} (label {label})" if label else error.file, error.problem) from None
-        images = np.stack([self._to_grid(im, modality, f"prompt_images[{i}]")[0] for i, im in enumerate(prompt_images)])
+        images = np.stack(
+            [self._to_grid(im, modality, f"prompt_images[{i}]", spacing)[0] for i, im in enumerate(prompt_images)]
+        )
         subsets = self._subsets(len(images), ensemble)
         labels = list(masks_by_label)
-        masks = np.stack([np.stack([self._mask_to_grid(m, modality) for m in masks_by_label[lb]]) for lb in labels])
+        masks = np.stack(
+            [np.stack([self._mask_to_grid(m, modality, spacing) for m in masks_by_label[lb]]) for lb in labels]
+        )
         image_batch = torch.from_numpy(np.stack([images[s] for _ in labels for s in subsets]))[:, :, None]
         mask_batch = torch.from_numpy(np.stack([masks[i][s] for i in range(len(labels)) for s in subsets]))[:, :, None]
         with torch.inference_mode(), self._autocast():
@@ -228,7 +247,11 @@ class Predictor:
         return TaskEncoding(encoding, int(metadata["n_prompts"]), self.model_id)
 
     def segment_labels(
-        self, tasks: dict[str, TaskEncoding], queries: Sequence[np.ndarray], modality: Intensity
+        self,
+        tasks: dict[str, TaskEncoding],
+        queries: Sequence[np.ndarray],
+        modality: Intensity,
+        spacing: Spacing = None,
     ) -> dict[str, list[Segmentation]]:
         """Segment the same queries for several tasks; tasks of equal encoding shape run in one batch."""
         if not len(queries):
@@ -236,7 +259,7 @@ class Predictor:
         for task in tasks.values():
             if task.model_id != self.model_id:
                 raise InvalidInput("task", "the task was encoded by a different model; encode it again")
-        grids = [self._to_grid(q, modality, f"queries[{i}]") for i, q in enumerate(queries)]
+        grids = [self._to_grid(q, modality, f"queries[{i}]", spacing) for i, q in enumerate(queries)]
         query_grid = torch.from_numpy(np.stack([grid for grid, _ in grids]))[:, None]  # (Q, 1, R, R)
         shapes = {tuple(t.encoding[0].shape) for t in tasks.values()}
         groups = [list(tasks)] if len(shapes) == 1 else [[label] for label in tasks]

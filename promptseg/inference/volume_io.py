@@ -1,30 +1,39 @@
 """3D volumes sent to the endpoint (NIfTI, a zipped DICOM series) and the label volumes sent back (NIfTI, DICOM SEG).
 
-Decoding is in memory and bounded: a gzip stream or zip entry may expand to at most `max_bytes` (a decompression
-bomb is refused while it inflates, not after), zip entries with absolute paths or `..` components are refused
-(nothing is ever extracted to disk), and every problem raises `InvalidInput` naming the upload. A DICOM series is
-ordered by position along the slice normal, never by file name; the volume's axis 0 is the slice axis, axes 1–2
-are the rows and columns of each frame. A NIfTI volume keeps its stored voxel order and affine. Label volumes go
-back on the input's grid: NIfTI with the input's affine, or a DICOM SEG (highdicom) that references the source
-instances. Nothing read here is logged; patient data in DICOM headers only travels back to the requester inside
-the SEG, which must reference the patient and study to be usable.
+An upload is read by the ingest readers (storage.readers: nibabel for NIfTI, SimpleITK/GDCM for DICOM, so every
+transfer syntax ingest decodes, JPEG Lossless included), reoriented to RAS by their one rule; the scan then goes
+through the same preparation as training data (storage.preparation). Decoding is bounded: a gzip stream or zip
+entry may expand to at most `max_bytes` (a decompression bomb is refused while it inflates, not after), zip entries
+with absolute paths or `..` components are refused, and every problem raises `InvalidInput` naming the upload. The
+readers take files, so the upload is written to a private temporary folder under names of our own (never the
+archive's) and removed as soon as it is read. A DICOM series is ordered by position along the slice normal, never
+by file name. Label volumes go back on the input's grid and voxel order: NIfTI with the input's affine, or a DICOM
+SEG (highdicom) that references the source instances, its segments named by the task's structure names and coded
+as an AI algorithm's output. Nothing read here is logged; patient data in DICOM headers only travels back to the
+requester inside the SEG, which must reference the patient and study to be usable.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from promptseg.inference.errors import InvalidInput
+from storage.errors import RawDataError
+from storage.readers import read_volume as read_scan
+from storage.readers.base import Volume as Scan
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -36,21 +45,39 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 @dataclass
 class Volume:
-    """A 3D array in its stored order, with what is needed to write results on the same grid."""
+    """An uploaded scan: `scan` in RAS voxel order with its spacing (what preparation takes), and what is needed
+    to write results back on the file's own grid (a NIfTI header and affine, or the DICOM instances in order)."""
 
     name: str
-    array: np.ndarray
+    scan: Scan
     kind: str  # "nifti" or "dicom"
-    default_axis: int
-    modality: str | None = None
-    affine: np.ndarray | None = None
     header: nib.Nifti1Header | None = None
+    affine: np.ndarray | None = None
     datasets: list[pydicom.Dataset] = field(default_factory=list)
 
-    def slices(self, axis: int) -> list[np.ndarray]:
-        if axis not in (0, 1, 2):
-            raise InvalidInput(self.name, f"axis must be 0, 1 or 2, got {axis}")
-        return [np.take(self.array, index, axis=axis) for index in range(self.array.shape[axis])]
+    @property
+    def modality(self) -> str | None:
+        return self.scan.modality
+
+    @property
+    def default_axis(self) -> int:
+        """The RAS axis the file's slices lie along (its third voxel axis: a DICOM series' instance axis)."""
+        return self.scan.stored_axis(2)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The voxels in the file's own order."""
+        return self.scan.in_stored_order(self.scan.array)
+
+
+def _read_file(name: str, path: Path) -> Scan:
+    try:
+        scan = read_scan(path)
+    except RawDataError as error:
+        raise InvalidInput(name, error.problem) from error
+    if scan.array.size > MAX_VOXELS:
+        raise InvalidInput(name, f"volume of shape {scan.array.shape} exceeds {MAX_VOXELS} voxels")
+    return scan
 
 
 def _inflate(name: str, data: bytes, max_bytes: int) -> bytes:
@@ -66,32 +93,15 @@ def _inflate(name: str, data: bytes, max_bytes: int) -> bytes:
     return raw
 
 
-def _check_array(name: str, array: np.ndarray) -> np.ndarray:
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise InvalidInput(name, f"expected a 3D volume, got shape {array.shape}")
-    if array.dtype.kind not in "biuf":
-        raise InvalidInput(name, f"unsupported voxel type {array.dtype}")
-    array = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise InvalidInput(name, "contains NaN or infinite values")
-    return array
-
-
 def read_nifti(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
     raw = _inflate(name, data, max_bytes) if data.startswith(GZIP_MAGIC) else data
-    try:
-        image = nib.Nifti1Image.from_bytes(raw)
-        shape = image.header.get_data_shape()
-        if int(np.prod(shape)) > MAX_VOXELS:
-            raise InvalidInput(name, f"volume of shape {shape} exceeds {MAX_VOXELS} voxels")
-        array = np.asanyarray(image.dataobj)
-    except InvalidInput:
-        raise
-    except Exception as error:
-        raise InvalidInput(name, f"not a readable NIfTI volume (truncated or corrupt: {error})") from error
-    return Volume(name, _check_array(name, array), "nifti", 2, affine=image.affine, header=image.header)
+    with tempfile.TemporaryDirectory(prefix="promptseg-upload-") as folder:
+        path = Path(folder) / "volume.nii"
+        path.write_bytes(raw)
+        scan = _read_file(name, path)
+        image = nib.load(str(path))
+        header, affine = image.header.copy(), image.affine
+    return Volume(name, scan, "nifti", header=header, affine=affine)
 
 
 def _safe_entries(name: str, archive: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
@@ -121,42 +131,33 @@ def _read_entry(name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, budg
 
 
 def read_dicom_zip(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
-    """One DICOM series from a zip of its instance files (a DICOMDIR is skipped)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        datasets, budget = [], max_bytes
-        for info in _safe_entries(name, archive, max_bytes):
-            raw = _read_entry(name, archive, info, budget)
-            budget -= len(raw)
-            try:
-                dataset = pydicom.dcmread(io.BytesIO(raw))
-            except Exception as error:
-                raise InvalidInput(name, f"zip entry {info.filename!r} is not a DICOM file ({error})") from error
-            if dataset.get("SOPClassUID") != DICOMDIR_CLASS:
-                datasets.append(dataset)
-    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
-        raise InvalidInput(name, f"not a readable zip (truncated or corrupt: {error})") from error
-    return _series_volume(name, datasets)
+    """One DICOM series from a zip of its instance files (a DICOMDIR is skipped), read by the ingest reader."""
+    with tempfile.TemporaryDirectory(prefix="promptseg-upload-") as folder:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            budget = max_bytes
+            for number, info in enumerate(_safe_entries(name, archive, max_bytes)):
+                raw = _read_entry(name, archive, info, budget)
+                budget -= len(raw)
+                (Path(folder) / f"{number:06d}.dcm").write_bytes(raw)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+            raise InvalidInput(name, f"not a readable zip (truncated or corrupt: {error})") from error
+        _drop_dicomdir(Path(folder))
+        scan = _read_file(name, Path(folder))
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0])
+        datasets = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]
+    return Volume(name, scan, "dicom", datasets=datasets)
 
 
-def _series_volume(name: str, datasets: list[pydicom.Dataset]) -> Volume:
-    series = {str(d.get("SeriesInstanceUID", "")) for d in datasets}
-    if len(series) != 1:
-        raise InvalidInput(name, f"expected exactly one DICOM series, found {len(series)}")
-    try:
-        orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        datasets = sorted(datasets, key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
-        frames = [
-            d.pixel_array.astype(np.float32) * float(d.get("RescaleSlope", 1)) + float(d.get("RescaleIntercept", 0))
-            for d in datasets
-        ]
-    except Exception as error:
-        raise InvalidInput(name, f"DICOM instances without readable geometry or pixels ({error})") from error
-    if len({frame.shape for frame in frames}) != 1:
-        raise InvalidInput(name, "the series' frames differ in size")
-    modality = str(datasets[0].get("Modality", "")) or None
-    return Volume(name, _check_array(name, np.stack(frames)), "dicom", 0, modality=modality, datasets=datasets)
+def _drop_dicomdir(folder: Path) -> None:
+    for path in folder.iterdir():
+        try:
+            sop_class = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID
+        except Exception:  # not DICOM at all: the reader names the problem
+            continue
+        if sop_class == DICOMDIR_CLASS:
+            path.unlink()
 
 
 def read_volume(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
@@ -167,14 +168,8 @@ def read_volume(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Vo
     raise InvalidInput(name, "not a NIfTI volume (.nii, .nii.gz) or a zipped DICOM series")
 
 
-def label_volume(slices: list[np.ndarray], axis: int) -> np.ndarray:
-    """Per-slice label maps stacked back along `axis` (uint8, or uint16 for label values above 255)."""
-    volume = np.stack(slices, axis=axis)
-    return volume.astype(np.uint8 if volume.max(initial=0) <= 255 else np.uint16)
-
-
 def nifti_bytes(labels: np.ndarray, source: Volume) -> bytes:
-    """A gzipped NIfTI label volume on the source's grid (its affine and spatial header)."""
+    """A gzipped NIfTI label volume (in the file's voxel order) on the source's grid (its affine and header)."""
     header = source.header.copy() if source.header is not None else None
     image = nib.Nifti1Image(labels, source.affine, header)
     image.set_data_dtype(labels.dtype)
@@ -182,23 +177,46 @@ def nifti_bytes(labels: np.ndarray, source: Volume) -> bytes:
     return zlib.compress(image.to_bytes(), 6, wbits=31)
 
 
-def dicom_seg_bytes(labels: np.ndarray, source: Volume, label_values: list[int], model: str, version: str) -> bytes:
-    """A DICOM SEG (binary, one segment per label value) over the source series' instances, frame for frame."""
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=model, version=version, family=hd.sr.CodedConcept("123109", "DCM", "Manual Processing")
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=f"label {value}",
-            segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
-            segmented_property_type=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
+ALGORITHM_FAMILY = hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence")
+ANATOMY = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
+ALTERED = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
+TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+LESION_WORDS = ("tumor", "tumour", "lesion", "cancer", "metast", "nodule", "mass")
+
+
+def property_codes(structure: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
+    """The SNOMED category and type of a structure name where pydicom's SNOMED dictionary knows it (`left kidney`
+    → Kidney is not guessed: the whole name must match), else Tissue; lesion-like names are altered structures."""
+    category = ALTERED if any(word in structure.lower() for word in LESION_WORDS) else ANATOMY
+    keyword = "".join(part.capitalize() for part in structure.replace("_", " ").replace("-", " ").split())
+    try:
+        code = getattr(codes.SCT, keyword)
+    except AttributeError:
+        return category, TISSUE
+    return category, hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def dicom_seg_bytes(labels: np.ndarray, source: Volume, names: dict[int, str], model: str, version: str) -> bytes:
+    """A DICOM SEG (binary, one segment per label value of `names`, labelled with its structure name) over the
+    source series' instances, frame for frame; `labels` is in the file's voxel order (column, row, instance)."""
+    algorithm = hd.AlgorithmIdentificationSequence(name=model, version=version, family=ALGORITHM_FAMILY)
+    descriptions = []
+    for number, (value, structure) in enumerate(names.items(), start=1):
+        category, property_type = property_codes(structure)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=structure,
+                segmented_property_category=category,
+                segmented_property_type=property_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_id=f"label value {value}",
+                tracking_uid=generate_uid(),
+            )
         )
-        for number, value in enumerate(label_values, start=1)
-    ]
-    masks = np.stack([labels == value for value in label_values], axis=-1).astype(np.uint8)
+    frames = labels.transpose(2, 1, 0)
+    masks = np.stack([frames == value for value in names], axis=-1).astype(np.uint8)
     segmentation = hd.seg.Segmentation(
         source_images=source.datasets,
         pixel_array=masks,
@@ -220,7 +238,7 @@ def dicom_seg_bytes(labels: np.ndarray, source: Volume, label_values: list[int],
 
 
 def read_label_volume(data: bytes, volume_format: str, source: Volume) -> np.ndarray:
-    """A returned label volume back as an array on the source's grid (label values; 0 = background)."""
+    """A returned label volume back as an array in the source file's voxel order (label values; 0 = background)."""
     if volume_format == "npy":
         return np.load(io.BytesIO(data), allow_pickle=False)
     if volume_format == "nifti":
@@ -230,7 +248,7 @@ def read_label_volume(data: bytes, volume_format: str, source: Volume) -> np.nda
         source_sop_instance_uids=[d.SOPInstanceUID for d in source.datasets], combine_segments=True
     )
     values = {
-        int(s.SegmentNumber): int(str(s.SegmentLabel).removeprefix("label ")) for s in segmentation.SegmentSequence
+        int(s.SegmentNumber): int(str(s.TrackingID).removeprefix("label value ")) for s in segmentation.SegmentSequence
     }
     lookup = np.array([0, *(values[n] for n in range(1, len(values) + 1))])
-    return lookup[numbers]
+    return lookup[numbers].transpose(2, 1, 0)

@@ -28,6 +28,7 @@ only (no torch), so the client installs without the serving stack.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Literal
 
@@ -89,6 +90,23 @@ def _parse_window(value: object) -> tuple[float, float] | None:
     return low, high
 
 
+def _spacing_parser(field: str, count: int) -> Callable[[object], tuple[float, ...] | None]:
+    def parse(value: object) -> tuple[float, ...] | None:
+        """A spacing in mm from "a,b[,c]" (or a tuple): `count` positive numbers; None when empty."""
+        text = _comma_text(value)
+        if text is None:
+            return None
+        try:
+            spacing = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise InvalidInput(field, f"a spacing is {count} comma-separated numbers in mm, got {text!r}") from None
+        if len(spacing) != count or not all(0 < s < 1000 for s in spacing):
+            raise InvalidInput(field, f"a spacing is {count} positive numbers in mm, got {text!r}")
+        return spacing
+
+    return parse
+
+
 Labels = Annotated[
     list[int] | None,
     BeforeValidator(_parse_labels),
@@ -98,6 +116,18 @@ Window = Annotated[
     tuple[float, float] | None,
     BeforeValidator(_parse_window),
     WithJsonSchema({"type": "string", "description": "a CT window 'low,high'", "examples": ["-160,240"]}),
+]
+
+
+PixelSpacing = Annotated[
+    tuple[float, float] | None,
+    BeforeValidator(_spacing_parser("pixel_spacing", 2)),
+    WithJsonSchema({"type": "string", "description": "row and column spacing 'dy,dx' in mm", "examples": ["0.8,0.8"]}),
+]
+VoxelSpacing = Annotated[
+    tuple[float, float, float] | None,
+    BeforeValidator(_spacing_parser("target_spacing", 3)),
+    WithJsonSchema({"type": "string", "description": "RAS voxel spacing 'x,y,z' in mm", "examples": ["1,1,2.5"]}),
 ]
 
 
@@ -131,6 +161,9 @@ class TaskRequest(FormRequest):
     labels: Labels = Field(
         None, description="label values to keep from label-map masks, comma-separated; none: binary masks (label 1)"
     )
+    pixel_spacing: PixelSpacing = Field(
+        None, description="the prompt images' pixel spacing 'dy,dx' in mm (keeps their physical aspect); none: square"
+    )
 
 
 class SegmentRequest(FormRequest):
@@ -148,7 +181,18 @@ class SegmentRequest(FormRequest):
         None, description="label values to segment, comma-separated; default every label of the task or prompts"
     )
     axis: int | None = Field(
-        None, ge=0, le=2, description="the voxel axis a volume is sliced along; default the DICOM slice axis or 2"
+        None,
+        ge=0,
+        le=2,
+        description="the RAS axis a volume is sliced along (0 sagittal, 1 coronal, 2 axial); default the axis the "
+        "file's slices lie along",
+    )
+    target_spacing: VoxelSpacing = Field(
+        None, description="the spacing a volume is resampled to before slicing; default the served model's"
+    )
+    pixel_spacing: PixelSpacing = Field(None, description="the 2D queries' pixel spacing 'dy,dx' in mm; none: square")
+    model_input: bool = Field(
+        False, description="add the model-grid slices the network received (float16 NPY) to a volume's result"
     )
     threshold: float = Field(
         DEFAULT_THRESHOLD, gt=0.0, lt=1.0, description="the probability above which a pixel belongs to a label"
@@ -250,12 +294,15 @@ class VolumeResult(BaseModel):
 
     volume: str = Field(description="the volume's form field and file name")
     shape: list[int] = Field(description="the label volume's shape (the input's grid)")
-    axis: int = Field(description="the voxel axis it was sliced along")
+    axis: int = Field(description="the RAS axis it was sliced along")
     n_slices: int = Field(description="the number of slices segmented")
     volume_format: str = Field(description="nifti, dicom-seg or npy")
     volume_base64: str = Field(description="the label volume file, base64")
     foreground_fraction: dict[str, float] = Field(description="the fraction of voxels of each label value")
     uncertainty_npy_base64: str | None = Field(None, description="the uncertainty volume as float16 NPY, base64")
+    model_input_npy_base64: str | None = Field(
+        None, description="with model_input: the prepared slices (K, R, R) the network received, float16 NPY, base64"
+    )
 
 
 class SegmentResponse(BaseModel):

@@ -13,8 +13,10 @@ from ray.serve import Application
 from ray.serve.exceptions import RayServeException
 
 from promptseg.registry.settings import RegistrySettings
+from promptseg.registry.versions import load_version
 from promptseg.serving.endpoint import PromptSegEndpoint
 from promptseg.serving.options import ServeOptions, options_from
+from promptseg.serving.served_model import check_recipe
 from promptseg.serving.settings import ServeSettings
 
 APP_NAME = "promptseg"
@@ -51,7 +53,9 @@ def deploy(
     route_prefix: str = "/",
 ) -> str:
     """Run the application on the connected Ray cluster; return its base URL. Redeploying with changed options
-    rolls the replicas over (Serve starts new ones before stopping old ones)."""
+    rolls the replicas over (Serve starts new ones before stopping old ones). A version trained under another
+    preparation recipe is refused (`IncompatibleModel`) before anything is deployed."""
+    check_recipe(load_version(tracking_uri, model_name, alias))  # refused here with its reason, not in a replica
     if not _is_loopback(options.settings.host) and not options.api_key_sha256:
         raise InsecureBinding(
             f"serving on {options.settings.host} (beyond loopback) needs an API key: set PROMPTSEG_SERVE_API_KEY"

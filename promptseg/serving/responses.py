@@ -1,6 +1,7 @@
-"""Encoding a segmentation outcome into POST /v1/segment's `SegmentResponse`: each query's or slice's label map at
-the request's threshold (promptseg.inference.predictor.label_map), written as PNG/NPY masks or a NIfTI, DICOM SEG
-or NPY label volume on the input's grid, with foreground fractions and, when asked, float16 uncertainty maps.
+"""Encoding a segmentation outcome into POST /v1/segment's `SegmentResponse`: each query's label map, or a volume's
+probabilities mapped back onto its grid, at the request's threshold (promptseg.inference.predictor.label_map),
+written as PNG/NPY masks or a NIfTI, DICOM SEG or NPY label volume on the input's grid and voxel order, with
+foreground fractions and, when asked, float16 uncertainty maps and the model-grid slices the network received.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from promptseg.inference.image_io import encode_labels, npy_bytes
 from promptseg.inference.predictor import label_map
-from promptseg.inference.volume_io import Volume, dicom_seg_bytes, label_volume, nifti_bytes
+from promptseg.inference.volume_io import Volume, dicom_seg_bytes, nifti_bytes
 from promptseg.serving.api_models import MaskResult, SegmentResponse, VolumeResult
 from promptseg.serving.segmentation import LabelMaps, Segmented
 from promptseg.serving.served_model import Serving
@@ -40,27 +41,32 @@ def _volume_bytes(labels: np.ndarray, volume: Volume, values: list[int], volume_
     if volume_format == "nifti":
         return nifti_bytes(labels, volume)
     if volume_format == "dicom-seg":
-        return dicom_seg_bytes(labels, volume, values, serving.model.name, serving.version)
+        names = {value: f"label {value}" for value in values}
+        return dicom_seg_bytes(labels, volume, names, serving.model.name, serving.version)
     return encode_labels(labels, values, "npy")
 
 
 def _volume_result(outcome: Segmented) -> VolumeResult:
-    volume, axis, values, request = outcome.volume, outcome.axis, outcome.values, outcome.request
-    n_slices = len(next(iter(outcome.results.values())))
-    labels = label_volume([_label_map(outcome.results, i, values, request.threshold) for i in range(n_slices)], axis)
+    volume, prepared, values, request = outcome.volume, outcome.prepared, outcome.values, outcome.request
+    probabilities = [prepared.to_source([m.probability for m in maps]) for maps in outcome.results.values()]
+    labels = label_map(probabilities, values, request.threshold)
+    labels = labels.astype(np.uint8 if max(values, default=0) <= 255 else np.uint16)
     data = _volume_bytes(labels, volume, values, outcome.volume_format, outcome.serving)
     result = VolumeResult(
         volume=volume.name,
         shape=list(labels.shape),
-        axis=axis,
-        n_slices=labels.shape[axis],
+        axis=prepared.axis,
+        n_slices=len(prepared.grid),
         volume_format=outcome.volume_format,
         volume_base64=_base64(data),
         foreground_fraction=_fractions(labels, values),
     )
     if request.uncertainty:
-        maps = np.moveaxis(_uncertainty(outcome.results, range(n_slices)), 0, axis + (len(values) > 1))
-        result.uncertainty_npy_base64 = _base64(npy_bytes(maps))
+        maps = [prepared.to_source([m.uncertainty for m in maps]) for maps in outcome.results.values()]
+        stacked = maps[0] if len(maps) == 1 else np.stack(maps)
+        result.uncertainty_npy_base64 = _base64(npy_bytes(stacked.astype(np.float16)))
+    if request.model_input:
+        result.model_input_npy_base64 = _base64(npy_bytes(prepared.grid.astype(np.float16)))
     return result
 
 

@@ -1,8 +1,11 @@
 """The segmentation service of one replica, the application logic behind the routes: registering tasks, and a
 segment request from its `SegmentRequest` and files to each label's probability and uncertainty maps.
 
-It picks the request's intensity recipe (`intensity_recipe`), encodes inline prompts or takes a registered task's
-encodings from the cache (promptseg.serving.served_tasks), and hands the query slices to a per-replica batch
+It picks the request's intensity recipe (`intensity_recipe`: the request's window, else the task's, else the served
+model's), encodes inline prompts or takes a registered task's encodings from the cache
+(promptseg.serving.served_tasks). A volume is prepared exactly as training data was (storage.preparation: RAS,
+normalized, resampled to the request's target spacing or the model's, sliced, fitted to the grid), so the network
+receives model-grid slices, and results go back onto the volume's grid. Query slices go to a per-replica batch
 (`serve.batch`): jobs of concurrent requests against the same task encodings and intensity run as one forward
 pass. Thresholding and encoding the result are promptseg.serving.responses' job.
 """
@@ -10,7 +13,6 @@ pass. Thresholding and encoding the result are promptseg.serving.responses' job.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import Hashable
@@ -20,14 +22,23 @@ import numpy as np
 from ray import serve
 
 from promptseg.inference.errors import InvalidInput
-from promptseg.inference.predictor import NORMALIZED, Intensity, Predictor, Segmentation, TaskEncoding, intensity_recipe
+from promptseg.inference.predictor import (
+    MODEL_GRID,
+    Intensity,
+    Predictor,
+    Segmentation,
+    Spacing,
+    TaskEncoding,
+    intensity_recipe,
+)
 from promptseg.inference.volume_io import Volume
 from promptseg.serving import gateway as serve_gateway
 from promptseg.serving.api_models import SegmentRequest, TaskInfo, TaskRequest
 from promptseg.serving.served_model import ServedModel, Serving
 from promptseg.serving.served_tasks import ServedTasks, StoredTask
 from promptseg.serving.uploads import Prompts, SegmentFiles
-from storage.harmonize import NormalizationParams, normalize_intensity
+from storage.harmonize import NormalizationParams, SliceGeometry
+from storage.preparation import Preparation, PreparedVolume
 
 LabelMaps = dict[str, list[Segmentation]]
 
@@ -42,17 +53,18 @@ class SegmentJob:
     encodings: dict[str, TaskEncoding]
     slices: list[np.ndarray]
     intensity: Intensity
+    spacing: Spacing = None
 
     @property
     def batch_key(self) -> Hashable:
         """Jobs with equal keys share a forward pass."""
-        return self.encodings_key, self.intensity
+        return self.encodings_key, self.intensity, self.spacing
 
 
 def _run_group(jobs: list[SegmentJob]) -> list[LabelMaps]:
     first = jobs[0]
     slices = [s for job in jobs for s in job.slices]
-    results = first.predictor.segment_labels(first.encodings, slices, first.intensity)
+    results = first.predictor.segment_labels(first.encodings, slices, first.intensity, first.spacing)
     split, start = [], 0
     for job in jobs:
         split.append({label: maps[start : start + len(job.slices)] for label, maps in results.items()})
@@ -73,8 +85,22 @@ class _Inputs:
 
 
 @dataclass(frozen=True)
+class PreparedSlices:
+    """A volume's model input along one axis, and what maps per-slice results back onto the volume's grid."""
+
+    volume: PreparedVolume
+    axis: int
+    grid: np.ndarray
+    geometry: SliceGeometry
+
+    def to_source(self, maps: list[np.ndarray]) -> np.ndarray:
+        return self.volume.to_source(np.stack(maps), self.axis, self.geometry)
+
+
+@dataclass(frozen=True)
 class Segmented:
-    """A segment request's outcome before it is encoded: each label's maps per query (2D) or per slice (volume)."""
+    """A segment request's outcome before it is encoded: each label's maps per query (2D) or per slice (volume,
+    on the model grid: `prepared` maps them back)."""
 
     request: SegmentRequest
     serving: Serving
@@ -83,9 +109,13 @@ class Segmented:
     results: LabelMaps
     query_names: list[str]
     volume: Volume | None
-    axis: int | None
+    prepared: PreparedSlices | None
     volume_format: str | None
     timings_ms: dict[str, float]
+
+    @property
+    def axis(self) -> int | None:
+        return None if self.prepared is None else self.prepared.axis
 
 
 class SegmentationService:
@@ -101,10 +131,13 @@ class SegmentationService:
     async def create_task(self, request: TaskRequest, prompts: Prompts, audit: dict[str, object]) -> TaskInfo:
         """Encode the prompts (so bad ones are refused), then store them as a task and cache the encodings."""
         serving = self.model.current()
-        intensity = intensity_recipe(request.modality, request.window)
+        intensity = intensity_recipe(
+            request.modality, request.window, model_window=serving.preparation.get("ct_window")
+        )
         encode = serving.predictor.encode_labels
-        encodings = await asyncio.to_thread(encode, prompts.images, prompts.by_label(), intensity, 1)
-        task_id = self.tasks.put(prompts.images, prompts.masks, request.modality, request.window)
+        args = prompts.images, prompts.by_label(), intensity, 1, request.pixel_spacing
+        encodings = await asyncio.to_thread(encode, *args)
+        task_id = self.tasks.put(prompts.images, prompts.masks, request.modality, request.window, request.pixel_spacing)
         self.tasks.encoding(task_id, serving.version, 1, lambda _: encodings)
         audit.update(task_id=task_id, n_prompts=len(prompts.images), model_version=serving.version)
         return TaskInfo(
@@ -134,8 +167,10 @@ class SegmentationService:
 
         if inputs.prompts is not None:  # inline prompts take the request's recipe, never the volume's
             encode = serving.predictor.encode_labels
-            recipe = intensity_recipe(request.modality, request.window)
-            args = inputs.prompts.images, inputs.prompts.by_label(), recipe, request.ensemble
+            recipe = intensity_recipe(
+                request.modality, request.window, model_window=serving.preparation.get("ct_window")
+            )
+            args = inputs.prompts.images, inputs.prompts.by_label(), recipe, request.ensemble, request.pixel_spacing
             encodings = await asyncio.to_thread(encode, *args)
             encodings_key: Hashable = uuid.uuid4().hex
         else:
@@ -146,15 +181,23 @@ class SegmentationService:
         encoded = time.perf_counter()
 
         volume = inputs.volume
-        volume_modality = volume.modality if volume is not None else None
+        model_preparation = serving.preparation
         intensity = intensity_recipe(
-            request.modality, request.window, task=inputs.task_intensity, volume_modality=volume_modality
+            request.modality,
+            request.window,
+            task=inputs.task_intensity,
+            volume_modality=volume.modality if volume is not None else None,
+            model_window=model_preparation.get("ct_window"),
         )
+        prepared = None
         if volume is not None:
-            slices = dataclasses.replace(volume, array=normalize_intensity(volume.array, intensity)).slices(inputs.axis)
-            job = SegmentJob(encodings_key, serving.predictor, encodings, slices, NORMALIZED)
+            spacing = request.target_spacing or model_preparation.get("target_spacing") or volume.scan.spacing
+            preparation = Preparation(intensity, tuple(spacing), serving.predictor.resolution)
+            prepared = await asyncio.to_thread(_prepare, volume, preparation, inputs.axis)
+            job = SegmentJob(encodings_key, serving.predictor, encodings, list(prepared.grid), MODEL_GRID)
         else:
-            job = SegmentJob(encodings_key, serving.predictor, encodings, [a for _, a in inputs.queries], intensity)
+            queries = [a for _, a in inputs.queries]
+            job = SegmentJob(encodings_key, serving.predictor, encodings, queries, intensity, request.pixel_spacing)
         results = await self._segment(job)
         segmented = time.perf_counter()
         values = [int(label) for label in encodings]
@@ -167,7 +210,7 @@ class SegmentationService:
             results=results,
             query_names=[name for name, _ in inputs.queries],
             volume=volume,
-            axis=inputs.axis,
+            prepared=prepared,
             volume_format=inputs.volume_format,
             timings_ms={
                 "decode": 1e3 * (decoded - start),
@@ -199,7 +242,8 @@ class SegmentationService:
         def encode(task: StoredTask) -> dict[str, TaskEncoding]:
             missed.append(task.task_id)
             masks = {str(label): task.masks[label] for label in task.labels}
-            return serving.predictor.encode_labels(task.images, masks, task.intensity, ensemble)
+            recipe = intensity_recipe(task=task.intensity, model_window=serving.preparation.get("ct_window"))
+            return serving.predictor.encode_labels(task.images, masks, recipe, ensemble, task.pixel_spacing)
 
         encodings = self.tasks.encoding(task_id, serving.version, ensemble, encode)
         serve_gateway.CACHE.labels("miss" if missed else "hit").inc()
@@ -228,6 +272,12 @@ class SegmentationService:
             for index, output in zip(indices, outputs, strict=True):
                 results[index] = output
         return results
+
+
+def _prepare(volume: Volume, preparation: Preparation, axis: int) -> PreparedSlices:
+    prepared = PreparedVolume(volume.scan, preparation)
+    grid, geometry = prepared.slices(axis)
+    return PreparedSlices(prepared, axis, grid, geometry)
 
 
 def _volume_format(request: SegmentRequest, volume: Volume) -> str:

@@ -2,11 +2,13 @@
 
 A replica loads `models:/<name>@<alias>` at start. `reload()` (POST /v1/reload) resolves the alias again; when it
 moved, the replica loads the new version, swaps it in as one immutable `Serving` snapshot and records the version
-in a small state file (written aside, then renamed) that every replica sees. Each request starts with `current()`,
-which compares that file's version with its own (one stat while nothing changed) and catches up first, so all
-replicas follow one reload. A request keeps the snapshot it started with: requests in flight finish on the old
-version, later ones carry the new one, and since task encodings are cached per model version none is reused
-across versions.
+in a small state file (written aside, then renamed) that every replica sees. A version whose model card records
+another preparation recipe than this code's (storage.preparation.RECIPE_VERSION) is refused with
+`IncompatibleModel`: it would be served pixels prepared differently from those it was trained on. Each request
+starts with `current()`, which compares that file's version with its own (one stat while nothing changed) and
+catches up first, so all replicas follow one reload. A request keeps the snapshot it started with: requests in
+flight finish on the old version, later ones carry the new one, and since task encodings are cached per model
+version none is reused across versions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ from pathlib import Path
 
 from promptseg.inference.predictor import Predictor
 from promptseg.registry.versions import LoadedModel, load_version, resolve_version
+from storage.preparation import RECIPE_VERSION
+
+
+class IncompatibleModel(Exception):
+    """The version was trained on pixels prepared by another recipe than the one this code serves with."""
+
+
+def check_recipe(model: LoadedModel) -> LoadedModel:
+    """`model` when its card records this code's preparation recipe; IncompatibleModel otherwise."""
+    recorded = (model.model_card.get("preparation") or {}).get("recipe_version")
+    if recorded != RECIPE_VERSION:
+        raise IncompatibleModel(
+            f"model {model.name} version {model.version} was trained on pixels prepared by recipe "
+            f"{recorded or 'unrecorded'}, "
+            f"this code prepares them by recipe {RECIPE_VERSION}: serve it with the release it was trained with, "
+            "or train a new version"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -30,6 +50,11 @@ class Serving:
     @property
     def version(self) -> str:
         return self.model.version
+
+    @property
+    def preparation(self) -> dict:
+        """How the model's training data was prepared (model card): recipe version, CT window, target spacing."""
+        return self.model.model_card.get("preparation") or {}
 
 
 class ServedModel:
@@ -42,7 +67,7 @@ class ServedModel:
         self._state_seen = self._state_stamp()
 
     def _load(self, alias_or_version: str) -> Serving:
-        model = load_version(self.tracking_uri, self.model_name, alias_or_version)
+        model = check_recipe(load_version(self.tracking_uri, self.model_name, alias_or_version))
         return Serving(model, Predictor(model.network, batch_size=self.batch_size))
 
     def _state_stamp(self) -> tuple[int, int] | None:

@@ -1,7 +1,7 @@
 """Tasks registered with the endpoint (POST /v1/tasks): durable prompt pairs plus a bounded cache of encodings.
 
-A task's prompts (decoded images at their native sizes, one binary mask per prompt and label value, the modality
-and an optional CT window) are written once to
+A task's prompts (decoded images at their native sizes, one binary mask per prompt and label value, the modality,
+an optional CT window and an optional pixel spacing) are written once to
 `<folder>/<task id>.npz` (a temporary file, then an atomic rename, so a half-written task is never visible); the
 task id is the SHA-256 of that content, so registering the same prompts twice gives the same id. Any replica that
 sees the folder can serve the task and re-encode it after an eviction or a restart, and lists every task from the
@@ -56,6 +56,7 @@ class StoredTask:
     window: tuple[float, float] | None
     images: list[np.ndarray]
     masks: dict[int, list[np.ndarray]]
+    pixel_spacing: tuple[float, float] | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -71,9 +72,14 @@ class StoredTask:
 
 
 def task_content_id(
-    images: list[np.ndarray], masks: dict[int, list[np.ndarray]], modality: str, window: tuple[float, float] | None
+    images: list[np.ndarray],
+    masks: dict[int, list[np.ndarray]],
+    modality: str,
+    window: tuple[float, float] | None,
+    pixel_spacing: tuple[float, float] | None = None,
 ) -> str:
-    digest = hashlib.sha256(f"{modality}|{window}|{sorted(masks)}".encode())
+    described = f"{modality}|{window}|{sorted(masks)}" + (f"|{pixel_spacing}" if pixel_spacing else "")
+    digest = hashlib.sha256(described.encode())
     for array in [*images, *(m for label in sorted(masks) for m in masks[label])]:
         digest.update(str((array.dtype.str, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -100,8 +106,9 @@ class ServedTasks:
         masks: dict[int, list[np.ndarray]],
         modality: str,
         window: tuple[float, float] | None = None,
+        pixel_spacing: tuple[float, float] | None = None,
     ) -> str:
-        task_id = task_content_id(images, masks, modality, window)
+        task_id = task_content_id(images, masks, modality, window, pixel_spacing)
         path = self._path(task_id)
         if not path.exists():
             arrays = {f"image_{i}": a for i, a in enumerate(images)} | {
@@ -112,6 +119,7 @@ class ServedTasks:
                 buffer,
                 modality=np.array(modality),
                 window=np.array(window or [], dtype=np.float64),
+                pixel_spacing=np.array(pixel_spacing or [], dtype=np.float64),
                 labels=np.array(list(masks), dtype=np.int64),
                 **arrays,
             )
@@ -126,12 +134,14 @@ class ServedTasks:
             with np.load(path, allow_pickle=False) as data:
                 n = sum(1 for key in data.files if key.startswith("image_"))
                 window = data["window"].tolist()
+                spacing = data["pixel_spacing"].tolist() if "pixel_spacing" in data.files else []
                 return StoredTask(
                     task_id,
                     str(data["modality"]),
                     (window[0], window[1]) if window else None,
                     [data[f"image_{i}"] for i in range(n)],
                     {int(label): [data[f"mask_{label}_{i}"] for i in range(n)] for label in data["labels"]},
+                    (spacing[0], spacing[1]) if spacing else None,
                 )
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error

@@ -46,6 +46,7 @@ from promptseg.training.synthetic_tasks import synthetic_batch
 from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
 from promptseg.training.trainer_state import load_trainer_state, save_trainer_state
 from storage.fingerprint import fingerprint_hash
+from storage.preparation import preparation_tags
 from storage.sampler import EpisodeSampler, split_tasks
 from storage.task_store import TaskStore
 
@@ -353,6 +354,7 @@ def run_training(
                         {name: store.version_info(name)["fingerprint"] for name in store.datasets()}
                     ),
                     "held_out": ",".join(config.held_out),
+                    **preparation_tags(store, training_tasks),
                     "training_tasks": len(training_tasks),
                     "held_out_tasks": len(held_out_tasks),
                     **system_info(),
