@@ -6,8 +6,13 @@ served on a fresh Ray head (127.0.0.1) with the default serve settings, then que
 line per case: p50/p95 latency of sequential requests (after a warm-up), and queries/s with `--clients`
 concurrent clients. Cases: `inline` (N prompt pairs sent with every request), `cached` (the N pairs registered
 once as a task; its encoding cached on the replica), `volume` (a NIfTI volume of `--slices` slices against the
-task, returned as a NIfTI label volume).
+task, returned as a NIfTI label volume). The volume is 256² × `--slices` at 0.8 × 0.8 × 2.5 mm (RAS); the model's
+run carries the preparation tags training records (this code's recipe, no CT window, `--target-spacing`, by default
+(1.2, 1.2, 3.0) mm, the median of the three simulated centers' target spacings), so the volume is resampled to it,
+sliced into model-grid slices and the result resampled back; `n_slices` is the number of slices segmented, while
+`slices_per_s` counts the volume's own slices (`--slices` / p50), as before the preparation path existed.
 Usage: python bench/bench_endpoint_latency.py [--resolution 256] [--prompts 8] [--requests 30] [--slices 100]
+    [--target-spacing 1.2,1.2,3.0]
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from promptseg.nets.checkpoint import save_model
 from promptseg.nets.factory import build_model, model_config
 from promptseg.registry.tracking import use_experiment
 from promptseg.serving.client import PromptSegClient
+from storage.preparation import RECIPE_VERSION
+
+VOLUME_SPACING = (0.8, 0.8, 2.5)
 
 
 def _latencies(call: Callable[[], object], requests: int) -> list[float]:
@@ -75,6 +83,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--port", type=int, default=18799)
+    parser.add_argument("--target-spacing", default="1.2,1.2,3.0", help="the model card's target spacing (mm)")
     args = parser.parse_args()
     r, n = args.resolution, args.prompts
     with tempfile.TemporaryDirectory() as folder:
@@ -84,7 +93,13 @@ def main() -> None:
         torch.manual_seed(0)
         save_model(build_model(model_config("tiny", r)), root / "checkpoint")
         experiment_id = use_experiment(settings.registry.tracking_uri, "bench", settings.registry.artifact_root)
-        with mlflow.start_run(experiment_id=experiment_id) as run:
+        target_spacing = [float(value) for value in args.target_spacing.split(",")]
+        tags = {
+            "preparation_recipe": RECIPE_VERSION,
+            "ct_window": json.dumps(None),
+            "target_spacing": json.dumps(target_spacing),
+        }
+        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
             run_id = run.info.run_id
         version = stages.register(settings, run_id, root / "checkpoint")
         stages.promote(settings, version=version)
@@ -99,7 +114,7 @@ def main() -> None:
         Image.fromarray(rng.integers(0, 255, (r, r), dtype=np.uint8)).save(query)
         volume = root / "volume.nii.gz"
         array = rng.normal(0, 200, (r, r, args.slices)).astype(np.float32)
-        nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0])), volume)
+        nib.save(nib.Nifti1Image(array, np.diag([*VOLUME_SPACING, 1.0])), volume)
         try:
             url = stages.serve(settings)
             with PromptSegClient(url) as client:
@@ -113,10 +128,20 @@ def main() -> None:
                     per_second = _throughput(call, args.requests, args.clients)
                     print(_line(case, latencies, per_second, resolution=r, n_prompts=n, query_slices=1), flush=True)
                 volume_requests = max(3, args.requests // 6)
-                latencies = _latencies(lambda: client.segment_volume(volume, task), volume_requests)
+                answers = []
+                latencies = _latencies(lambda: answers.append(client.segment_volume(volume, task)), volume_requests)
                 per_second = _throughput(lambda: client.segment_volume(volume, task), volume_requests, 2)
                 slices_per_s = args.slices / float(np.percentile(latencies, 50))
-                extra = {"resolution": r, "n_prompts": n, "query_slices": args.slices}
+                extra = {
+                    "resolution": r,
+                    "n_prompts": n,
+                    "query_slices": args.slices,
+                    "volume_shape": list(array.shape),
+                    "volume_spacing": list(VOLUME_SPACING),
+                    "target_spacing": target_spacing,
+                    "n_slices": answers[-1].volume.n_slices,
+                    "timings_ms": {key: round(value, 1) for key, value in answers[-1].timings_ms.items()},
+                }
                 print(_line("volume", latencies, per_second, **extra, slices_per_s=round(slices_per_s, 1)), flush=True)
         finally:
             stages.stop_serving(settings)
