@@ -29,6 +29,7 @@ only (no torch), so the client installs without the serving stack.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Literal
 
@@ -318,3 +319,19 @@ class SegmentResponse(BaseModel):
     masks: list[MaskResult] = Field([], description="the 2D queries' label maps, in the order sent")
     volume: VolumeResult | None = Field(None, description="the volume's label map")
     timings_ms: dict[str, float] = Field(description="milliseconds spent decoding, encoding prompts, segmenting, ...")
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobInfo(BaseModel):
+    """A segment request run as a job (POST /v1/jobs): its state and, when it failed, why."""
+
+    job_id: str = Field(description="the job's id")
+    state: JobState = Field(
+        description="queued (waiting for a slot in the replica that accepted it), running, succeeded (the result "
+        "is ready), failed, or cancelled"
+    )
+    created: datetime = Field(description="when it was submitted (UTC)")
+    updated: datetime = Field(description="when its state last changed (UTC)")
+    error: Problem | None = Field(None, description="why it failed: the problem the synchronous route would answer")

@@ -1,5 +1,6 @@
 """The serving stage's settings: `PROMPTSEG_SERVE_*` variables (bind address, replicas and their resources,
-request limits, batching, the task-encoding cache, the API key) and the workspace folders every replica shares.
+request limits, batching, the task-encoding cache, the API key, segmentation jobs) and the workspace folders every
+replica shares.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ class ServeSettings(BaseSettings):
     max_body_mb: float = 256.0
     max_volume_mb: float = 1024.0
     cache_size: int = 128
+    jobs_per_replica: int = Field(2, ge=1, description="jobs a replica runs at once; later ones wait queued")
+    job_retention_s: float = Field(86400.0, gt=0, description="finished jobs older than this are deleted")
+    job_stale_s: float = Field(120.0, gt=0, description="an unfinished job without a heartbeat this long has failed")
 
     @property
     def tasks_dir(self) -> Path:
         """Tasks registered with the endpoint (their prompts), shared by every replica."""
         return self.workspace.expanduser().resolve() / "serve_tasks"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Segmentation jobs (POST /v1/jobs): state, uploads and results, shared by every replica."""
+        return self.workspace.expanduser().resolve() / "serve_jobs"
 
     @property
     def audit_dir(self) -> Path:
