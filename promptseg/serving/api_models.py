@@ -14,6 +14,11 @@ Routes (versioned under /v1, OpenAPI at /docs):
   one structure, all segmented in the same call. Masks out: label maps holding those values (0 = background,
   a pixel goes to the most probable label above the threshold); a binary result (no `labels`) is label 1, written
   as {0, 255} in PNGs.
+- POST /v1/jobs (multipart, POST /v1/segment's body) → 202 `JobInfo` and a `Location` header: the request runs in
+  the background (long volumes outlive a client's timeout). GET /v1/jobs/{id} → `JobInfo` (queued, running,
+  succeeded, failed with its `Problem`, cancelled); GET /v1/jobs/{id}/result → the `SegmentResponse` once it
+  succeeded (409 before, or when it failed or was cancelled); DELETE /v1/jobs/{id} cancels an unfinished job
+  (→ `JobInfo`) or deletes a finished one (→ 204). Unknown jobs get 404 `unknown_job`.
 - GET /v1/model → `ModelInfo`; GET /healthz → `Health` (always open); GET /metrics → Prometheus text (every
   replica's counters summed); POST /v1/reload → `ReloadInfo` (follow the alias to its current version).
 - Auth: when the endpoint has an API key, every route but /healthz and the docs needs header `X-API-Key`

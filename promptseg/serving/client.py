@@ -8,7 +8,8 @@ after the server's `Retry-After` (seconds or an HTTP date) or else the back-off,
 takes, e.g. a long volume); connecting gives up after `CONNECT_TIMEOUT_S` and is retried. Any other error status
 raises `APIError` with the status and the problem details' code, detail and file. Form fields are sent as the API
 models build them (`TaskRequest`, `SegmentRequest`), so options the endpoint would refuse raise pydantic's
-`ValidationError` before anything is sent.
+`ValidationError` before anything is sent. A long volume can run as a job instead: `submit_job`, then
+`wait_for_job` polls until its result is ready.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from promptseg.serving.api_models import (
     API_KEY_HEADER,
     Health,
+    JobInfo,
     MaskResult,
     ModelInfo,
     Problem,
@@ -180,14 +182,53 @@ class PromptSegClient:
     ) -> SegmentResponse:
         """Segment every slice of a NIfTI file or a DICOM series (a folder, zipped here, or a zip) against a task
         or inline prompts; the result comes back on the volume's grid."""
-        files = [("volume", volume_upload(Path(volume)))]
-        files += _files(prompt_images=prompt_images or (), prompt_masks=prompt_masks or ())
+        files = _volume_files(volume, prompt_images, prompt_masks)
         return self._segment(files, request, options | ({"task_id": task_id} if task_id else {}))
 
+    def submit_job(
+        self,
+        volume: Path,
+        task_id: str | None = None,
+        prompt_images: Sequence[ImageSource] | None = None,
+        prompt_masks: Sequence[ImageSource] | None = None,
+        request: SegmentRequest | None = None,
+        **options: object,
+    ) -> JobInfo:
+        """`segment_volume` as a job: the endpoint answers at once with the queued job; `wait_for_job` fetches the
+        result."""
+        files = _volume_files(volume, prompt_images, prompt_masks)
+        form = _segment_form(request, options | ({"task_id": task_id} if task_id else {}))
+        return JobInfo.model_validate(self._request("POST", "/v1/jobs", files=files, data=form))
+
+    def job(self, job_id: str) -> JobInfo:
+        """A job's state (queued, running, succeeded, failed with its problem, cancelled)."""
+        return JobInfo.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def job_result(self, job_id: str) -> SegmentResponse:
+        """A succeeded job's result; `APIError` 409 while it has none."""
+        return SegmentResponse.model_validate(self._request("GET", f"/v1/jobs/{job_id}/result"))
+
+    def cancel_job(self, job_id: str) -> JobInfo | None:
+        """Cancel an unfinished job (→ its state, cancelled), or delete a finished one and its result (→ None)."""
+        found = self._request("DELETE", f"/v1/jobs/{job_id}")
+        return None if found is None else JobInfo.model_validate(found)
+
+    def wait_for_job(self, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None) -> SegmentResponse:
+        """Poll the job every `poll_s` until it finishes and return its result; a failed or cancelled job raises
+        `APIError` (its problem, or 409 `job_cancelled`), and `TimeoutError` after `timeout_s` (None: no limit)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (info := self.job(job_id)).state in ("queued", "running"):
+            if deadline is not None and time.monotonic() + poll_s > deadline:
+                raise TimeoutError(f"job {job_id} is still {info.state} after {timeout_s} s")
+            time.sleep(poll_s)
+        if info.state == "failed" and info.error is not None:
+            raise APIError(info.error.status, info.error.code, info.error.detail, info.error.file)
+        if info.state == "cancelled":
+            raise APIError(409, "job_cancelled", f"job {job_id} was cancelled")
+        return self.job_result(job_id)
+
     def _segment(self, files: list, request: SegmentRequest | None, options: dict[str, object]) -> SegmentResponse:
-        given = {name: value for name, value in options.items() if value is not None}  # None keeps the default
-        fields = (request.model_dump(exclude_unset=True) if request else {}) | given
-        form = SegmentRequest.model_validate(fields).form_fields()
+        form = _segment_form(request, options)
         return SegmentResponse.model_validate(self._request("POST", "/v1/segment", files=files, data=form))
 
     def _request(self, method: str, path: str, *, text: bool = False, **kwargs: object) -> dict | str | None:
@@ -218,6 +259,20 @@ def volume_upload(path: Path) -> tuple[str, bytes]:
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             archive.write(file, file.relative_to(path).as_posix())
     return f"{path.name}.zip", buffer.getvalue()
+
+
+def _segment_form(request: SegmentRequest | None, options: dict[str, object]) -> dict[str, str]:
+    """The form fields of a segment request: the request's fields, overridden by the options that are not None."""
+    given = {name: value for name, value in options.items() if value is not None}  # None keeps the default
+    fields = (request.model_dump(exclude_unset=True) if request else {}) | given
+    return SegmentRequest.model_validate(fields).form_fields()
+
+
+def _volume_files(
+    volume: Path, prompt_images: Sequence[ImageSource] | None, prompt_masks: Sequence[ImageSource] | None
+) -> list[tuple[str, tuple[str, bytes]]]:
+    files = [("volume", volume_upload(Path(volume)))]
+    return files + _files(prompt_images=prompt_images or (), prompt_masks=prompt_masks or ())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

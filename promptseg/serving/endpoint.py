@@ -4,14 +4,17 @@ the exception handlers that turn every error into problem details, and the OpenA
 A replica loads `models:/<name>@<alias>` (promptseg.serving.served_model, which also follows reloads) and keeps
 registered tasks in a folder every replica sees (promptseg.serving.served_tasks). The routes stay thin: a multipart
 body is validated into its request model (promptseg.serving.uploads), handed to the segmentation service
-(promptseg.serving.segmentation) and encoded (promptseg.serving.responses). The gateway middleware
-(promptseg.serving.gateway) adds request ids, the API key check, the body-size limit, the audit log and metrics.
+(promptseg.serving.segmentation) and encoded (promptseg.serving.responses); POST /v1/jobs hands the same request
+to this replica's job runner (promptseg.serving.jobs), whose state any replica reads from the workspace
+(promptseg.serving.job_store). The gateway middleware (promptseg.serving.gateway) adds request ids, the API key
+check, the body-size limit, the audit log and metrics.
 
 Every error answer is an `api_models.Problem` (`application/problem+json`): bad input raises `InvalidInput`
 (422 `invalid_input`, naming the file), an invalid form field is a 422 `invalid_request`, an unknown task a 404
-`unknown_task`, and the framework's own answers (unknown route, wrong method, unparseable body, body too large) and
-any other failure (500 `internal_error`) take the same shape. The OpenAPI document declares the problem answers and
-the API-key header as a security scheme.
+`unknown_task`, an unknown job a 404 `unknown_job`, a job's result before it succeeded a 409 (`job_not_finished`,
+`job_failed`, `job_cancelled`), and the framework's own answers (unknown route, wrong method, unparseable body, body
+too large) and any other failure (500 `internal_error`) take the same shape. The OpenAPI document declares the problem
+answers and the API-key header as a security scheme.
 """
 
 import asyncio
@@ -32,6 +35,7 @@ from promptseg.serving.api_models import (
     API_KEY_HEADER,
     PROBLEM_MEDIA_TYPE,
     Health,
+    JobInfo,
     ModelInfo,
     Problem,
     ReloadInfo,
@@ -41,6 +45,8 @@ from promptseg.serving.api_models import (
     status_problem_code,
 )
 from promptseg.serving.cluster_metrics import cluster_metrics
+from promptseg.serving.job_store import FINISHED, JobNotSucceeded, JobStore, UnknownJob
+from promptseg.serving.jobs import JobRunner
 from promptseg.serving.options import ServeOptions
 from promptseg.serving.responses import segment_response
 from promptseg.serving.segmentation import SegmentationService
@@ -93,6 +99,19 @@ async def _invalid_input(request: Request, error: InvalidInput) -> JSONResponse:
 @api.exception_handler(UnknownTask)
 async def _unknown_task(request: Request, error: UnknownTask) -> JSONResponse:
     return _problem(request, 404, "unknown_task", f"no task {error.task_id!r} is registered")
+
+
+@api.exception_handler(UnknownJob)
+async def _unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
+    return _problem(request, 404, "unknown_job", f"no job {error.job_id!r} (never submitted, deleted or expired)")
+
+
+@api.exception_handler(JobNotSucceeded)
+async def _job_not_succeeded(request: Request, error: JobNotSucceeded) -> JSONResponse:
+    info = error.info
+    code = f"job_{info.state}" if info.state in FINISHED else "job_not_finished"
+    detail = f"job {info.job_id} is {info.state}" + (f": {info.error.detail}" if info.error else "")
+    return _problem(request, 409, code, detail)
 
 
 @api.exception_handler(HTTPException)
@@ -165,6 +184,8 @@ class PromptSegEndpoint:
         self.tasks = ServedTasks(settings.tasks_dir, settings.cache_size)
         self.service = SegmentationService(self.model, self.tasks, int(settings.max_volume_mb * 2**20))
         self.service.configure_batching(settings.max_batch_size, settings.batch_wait_ms / 1e3)
+        store = JobStore(settings.jobs_dir, settings.job_retention_s, settings.job_stale_s)
+        self.jobs = JobRunner(store, self.service, settings.jobs_per_replica)
         limit = int(settings.max_body_mb * 2**20)
         serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, settings.audit_dir))
         self._reported: tuple[str, str] | None = None
@@ -258,3 +279,56 @@ class PromptSegEndpoint:
         input's grid (NIfTI, DICOM SEG or NPY)."""
         outcome = await self.service.segment(form.request(), form.files(), _audit(request))
         return await segment_response(outcome, request.scope["state"]["request_id"])
+
+    @api.post(
+        "/v1/jobs",
+        status_code=202,
+        responses=_problems(
+            {
+                404: "no such task",
+                413: "the body is over the size limit",
+                422: "a field is invalid, or the files are not one kind of query and one source of prompts",
+            }
+        ),
+    )
+    async def submit_job(
+        self, request: Request, response: Response, form: Annotated[SegmentForm, Form(media_type=MULTIPART)]
+    ) -> JobInfo:
+        """Segment as a job, for volumes that take longer than a client waits: POST /v1/segment's body, answered at
+        once with the queued job and its `Location`; poll GET /v1/jobs/{job_id}, then fetch its result. Files are
+        decoded when the job runs: a bad file fails the job with the problem /v1/segment would answer."""
+        self.jobs.store.sweep()
+        info = await self.jobs.submit(form.request(), form.files(), request.scope["state"]["request_id"])
+        _audit(request).update(job_id=info.job_id)
+        response.headers["Location"] = f"{request.url.path.rstrip('/')}/{info.job_id}"
+        return info
+
+    @api.get("/v1/jobs/{job_id}", responses=_problems({404: "no such job"}))
+    async def get_job(self, job_id: str) -> JobInfo:
+        """A job's state: queued, running, succeeded, failed (with the problem) or cancelled. A queued or running job
+        whose replica stopped (no heartbeat for PROMPTSEG_SERVE_JOB_STALE_S) reads as failed (`job_lost`); finished
+        jobs are deleted after PROMPTSEG_SERVE_JOB_RETENTION_S."""
+        self.jobs.store.sweep()
+        return self.jobs.store.info(job_id)
+
+    @api.get(
+        "/v1/jobs/{job_id}/result",
+        response_model=SegmentResponse,
+        responses=_problems({404: "no such job", 409: "the job has not succeeded (yet)"}),
+    )
+    async def get_job_result(self, job_id: str) -> Response:
+        """A succeeded job's result, the `SegmentResponse` POST /v1/segment would have answered."""
+        body = await asyncio.to_thread(self.jobs.store.result, job_id)
+        return Response(body, media_type="application/json")
+
+    @api.delete(
+        "/v1/jobs/{job_id}",
+        response_model=JobInfo,
+        responses=_problems({404: "no such job"}) | {204: {"description": "the finished job was deleted"}},
+    )
+    async def delete_job(self, request: Request, job_id: str) -> Response:
+        """Cancel a queued or running job (→ its `JobInfo`, cancelled: it stops at its next opportunity and any
+        result is discarded), or delete a finished one with its result (→ 204)."""
+        _audit(request).update(job_id=job_id)
+        info = await self.jobs.cancel_or_delete(job_id)
+        return Response(status_code=204) if info is None else JSONResponse(info.model_dump(mode="json"))

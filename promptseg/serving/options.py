@@ -12,8 +12,8 @@ from promptseg.serving.settings import ServeSettings
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """The serving settings without their API key, and the key's hash. The settings' three folders (tasks, audit,
-    state) must be shared by every replica: the workspace on one machine, a shared volume on a cluster."""
+    """The serving settings without their API key, and the key's hash. The settings' four folders (tasks, jobs,
+    audit, state) must be shared by every replica: the workspace on one machine, a shared volume on a cluster."""
 
     settings: ServeSettings
     api_key_sha256: str | None = None
