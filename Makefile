@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,cluster]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[platform,dev,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)

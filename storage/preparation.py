@@ -42,6 +42,12 @@ class Preparation:
     target_spacing: tuple[float, float, float]
     resolution: int
 
+    def grid_spacing_mm(self, axis: int, geometry: SliceGeometry) -> float:
+        """The physical size of one model-grid pixel of a slice cut along `axis` (the grid keeps the aspect: its
+        longer physical side spans the grid)."""
+        rows, columns = self.in_plane_spacing(axis)
+        return max(geometry.height * rows, geometry.width * columns) / self.resolution
+
     def in_plane_spacing(self, axis: int) -> tuple[float, float]:
         """The pixel spacing of a slice cut along `axis` after resampling."""
         rows, columns = (s for i, s in enumerate(self.target_spacing) if i != axis)

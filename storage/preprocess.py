@@ -129,9 +129,10 @@ def preprocess_case(store: TaskStore, dataset: str, case: CaseRecord, plan: Prep
             continue
         seed = int(case.image_sha256[:8], 16) + axis
         keep = select_slices(volume_slices(label_map, axis), plan.empty_fraction, seed)
-        images, _ = image.slices(axis, keep)
+        images, geometry = image.slices(axis, keep)
         labels, _ = model_slices(label_map, axis, plan.preparation, keep, label=True)
-        written.append(store.write_case(dataset, key, axis, images, labels.astype(np.uint8), keep))
+        pixel_mm = plan.preparation.grid_spacing_mm(axis, geometry)
+        written.append(store.write_case(dataset, key, axis, images, labels.astype(np.uint8), keep, pixel_mm))
     # Case arrays are content-addressed and may be shared by several cases: the case id belongs to the summary
     # this case contributes to its dataset version, not to the arrays.
     return [{**summary, "case": case.store_id} for summary in written]

@@ -180,6 +180,16 @@ class TaskStore:
     def snapshot_id(self) -> str:
         return content_id({name: self.version_info(name) for name in self.datasets()})
 
+    def grid_spacing_mm(self, dataset: str) -> dict[tuple[str, int], float]:
+        """(case, axis) → the mm size of one model-grid pixel of that case's slices, where the version records it."""
+        cases = self.version_info(dataset)["cases"]
+        return {
+            (case, int(axis)): float(size)
+            for case, entry in cases.items()
+            for axis, size in entry.get("grid_spacing_mm", {}).items()
+            if size is not None
+        }
+
     def tasks(self) -> list[Task]:
         """Every task of every current dataset version."""
         found = []
@@ -240,8 +250,10 @@ class TaskStore:
         images: np.ndarray,
         labels: np.ndarray,
         indices: list[int],
+        grid_spacing_mm: float | None = None,
     ) -> dict:
-        """Write one harmonized case, each array one whole shard; return its summary."""
+        """Write one harmonized case, each array one whole shard; return its summary (`grid_spacing_mm`: the
+        physical size of one model-grid pixel of these slices, for distances in mm)."""
         group = self._root.require_group(f"datasets/{dataset}/cases/{case_key}/axis{axis}")
         n, r = len(indices), self.resolution
         for kind, data, dtype in (("image", images, "float16"), ("label", labels, "uint8")):
@@ -263,6 +275,7 @@ class TaskStore:
             "axis": axis,
             "indices": [int(i) for i in indices],
             "foreground": foreground,
+            "grid_spacing_mm": grid_spacing_mm,
         }
         group.attrs.update({"summary": summary})  # written last: marks the case complete
         return summary
@@ -275,7 +288,9 @@ class TaskStore:
         cases: dict[str, dict] = {}
         for summary in sorted(case_summaries, key=lambda s: (s["case"], s["axis"])):
             axis = str(summary["axis"])
-            cases.setdefault(summary["case"], {"key": summary["key"], "axes": {}})["axes"][axis] = summary["indices"]
+            case = cases.setdefault(summary["case"], {"key": summary["key"], "axes": {}, "grid_spacing_mm": {}})
+            case["axes"][axis] = summary["indices"]
+            case["grid_spacing_mm"][axis] = summary.get("grid_spacing_mm")
             for value, sizes in summary["foreground"].items():
                 index.setdefault(value, {}).setdefault(axis, []).extend(
                     [summary["case"], pos, idx, fg]

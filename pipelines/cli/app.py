@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli import data, models, pipeline, serving
+from pipelines.cli import data, models, pipeline, propagation, serving
 from pipelines.cli.context import GlobalOptions
 from pipelines.cli.errors import CommandGroup
 
@@ -50,5 +50,7 @@ for command in (models.train, models.evaluate, models.register, models.promote):
     app.command()(command)
 app.add_typer(models.champion, name="champion")
 app.add_typer(serving.serve, name="serve")
-for command in (serving.query, serving.segment, pipeline.nightly, pipeline.schedule, pipeline.demo):
+for command in (serving.query, serving.segment, propagation.propagate, propagation.predict):
+    app.command()(command)
+for command in (pipeline.nightly, pipeline.schedule, pipeline.demo):
     app.command()(command)

@@ -17,7 +17,8 @@ skipped, never filled with query slices. Methods, all on the same prompts and qu
 - `supervised_unet` (optional upper bound): a UNet trained on the task's labelled slices of the other cases than
   the queries' (cached per task and query case, on disk when a cache folder is given).
 
-Every query gets Dice, IoU and HD95 (pixels of the model grid); a resample's score is the mean over its queries.
+Every query gets Dice, IoU and HD95 in mm (the model-grid pixel's size the store records per case and axis; in
+grid pixels for a store written before it recorded them); a resample's score is the mean over its queries.
 Each summary cell is the mean over tasks of the mean over resamples, ± the typical sd over resamples (root mean
 square over tasks); Dice tables per task, per dataset and per center at the largest N follow. Writes
 results.json (the `report.EvaluationReport`), results.md, a Dice-vs-N plot with error bars and overlay PNGs of the
@@ -194,6 +195,9 @@ def evaluate(
     rows: list[EpisodeScore] = []
     skipped: list[SkippedCell] = []
     shown: list[tuple] = []
+    pixel_mm = {
+        key: size for dataset in {t.dataset for t in tasks} for key, size in store.grid_spacing_mm(dataset).items()
+    }
     for index, task in enumerate(track(tasks, description="evaluating held-out tasks")):
         other = _other_task(tasks, index)
         for n in spec.n_prompts:
@@ -212,10 +216,10 @@ def evaluate(
                     fitted = supervised.predict(task, query_cases, episode.query_images.astype(np.float32))
                     if fitted is not None:
                         probabilities["supervised_unet"] = fitted[:, 0]
+                spacing = [pixel_mm.get((ref.case, task.axis)) for ref in chosen[1]]
                 for method, probs in probabilities.items():
-                    per_query = [
-                        segmentation_metrics(p > 0.5, t) for p, t in zip(probs, episode.query_masks[:, 0], strict=True)
-                    ]
+                    masks = zip(probs, episode.query_masks[:, 0], spacing, strict=True)
+                    per_query = [segmentation_metrics(p > 0.5, t, mm) for p, t, mm in masks]
                     rows.append(
                         EpisodeScore(
                             task=task.task_id,

@@ -243,12 +243,40 @@ def read_label_volume(data: bytes, volume_format: str, source: Volume) -> np.nda
         return np.load(io.BytesIO(data), allow_pickle=False)
     if volume_format == "nifti":
         return np.asanyarray(nib.Nifti1Image.from_bytes(zlib.decompress(data, wbits=31)).dataobj)
+    return _seg_labels(data, source)
+
+
+def _seg_labels(data: bytes, source: Volume) -> np.ndarray:
+    """A DICOM SEG over `source`'s instances as a label map in the file's voxel order: each segment's label value
+    from its tracking id when this platform wrote it, else its segment number."""
     segmentation = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(data)))
     numbers = segmentation.get_pixels_by_source_instance(
         source_sop_instance_uids=[d.SOPInstanceUID for d in source.datasets], combine_segments=True
     )
-    values = {
-        int(s.SegmentNumber): int(str(s.TrackingID).removeprefix("label value ")) for s in segmentation.SegmentSequence
-    }
-    lookup = np.array([0, *(values[n] for n in range(1, len(values) + 1))])
+    values = {}
+    for segment in segmentation.SegmentSequence:
+        tracking = str(segment.get("TrackingID", ""))
+        number = int(segment.SegmentNumber)
+        values[number] = int(tracking.removeprefix("label value ")) if tracking.startswith("label value ") else number
+    lookup = np.zeros(max(values, default=0) + 1, dtype=np.int64)
+    for number, value in values.items():
+        lookup[number] = value
     return lookup[numbers].transpose(2, 1, 0)
+
+
+def read_label_upload(name: str, data: bytes, source: Volume, max_bytes: int = MAX_VOLUME_BYTES) -> np.ndarray:
+    """An uploaded label volume on `source`'s grid as integer labels in RAS order: NIfTI, a zipped DICOM series, or
+    a DICOM SEG referencing `source`'s instances."""
+    if data[128:132] == b"DICM":
+        if source.kind != "dicom":
+            raise InvalidInput(name, "a DICOM SEG label volume needs a DICOM series as its scan")
+        try:
+            return source.scan.in_ras_order(_seg_labels(data, source))
+        except Exception as error:
+            raise InvalidInput(name, f"not a DICOM SEG of the scan's series ({error})") from error
+    labels = read_volume(name, data, max_bytes).scan.array
+    if labels.shape != source.scan.array.shape:
+        raise InvalidInput(
+            name, f"label volume of shape {labels.shape} is not on the scan's grid {source.scan.array.shape}"
+        )
+    return np.rint(labels).astype(np.int32)

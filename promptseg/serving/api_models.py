@@ -33,19 +33,18 @@ only (no torch), so the client installs without the serving stack.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from promptseg.inference.errors import InvalidInput
+from promptseg.serving.form_fields import Indices, Labels, Names, PixelSpacing, VoxelSpacing, Window
 
 DEFAULT_MODALITY = "CT"  # the predictor's defaults (promptseg.inference.predictor), checked equal by a unit test
 DEFAULT_THRESHOLD = 0.5
 MAX_ENSEMBLE = 16
-MAX_LABEL = 65535
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE = "urn:promptseg:problem:"
 API_KEY_HEADER = "X-API-Key"
@@ -58,83 +57,6 @@ def status_problem_code(status: int) -> str:
         return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
     except ValueError:
         return "http_error"
-
-
-def _comma_text(value: object) -> str | None:
-    """A form field's comma string; values given as a list (in Python, or a repeated form field) are joined."""
-    if isinstance(value, list | tuple):
-        value = ",".join(str(v) for v in value)
-    text = "" if value is None else str(value).strip()
-    return text or None
-
-
-def _parse_labels(value: object) -> list[int] | None:
-    """Label values from "1,3" (or a list of them): distinct whole numbers in 1..65535; None when empty."""
-    text = _comma_text(value)
-    if text is None:
-        return None
-    try:
-        labels = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise InvalidInput("labels", f"labels must be comma-separated whole numbers, got {text!r}") from None
-    if len(set(labels)) != len(labels) or min(labels) < 1 or max(labels) > MAX_LABEL:
-        raise InvalidInput("labels", f"labels must be distinct values in 1..{MAX_LABEL}, got {labels}")
-    return labels
-
-
-def _parse_window(value: object) -> tuple[float, float] | None:
-    """A CT window from "low,high" (or a pair), low below high; None when empty."""
-    text = _comma_text(value)
-    if text is None:
-        return None
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise InvalidInput("window", f"a window is 'low,high', got {text!r}") from None
-    if not low < high:
-        raise InvalidInput("window", f"the window's low must be below its high, got {low}, {high}")
-    return low, high
-
-
-def _spacing_parser(field: str, count: int) -> Callable[[object], tuple[float, ...] | None]:
-    def parse(value: object) -> tuple[float, ...] | None:
-        """A spacing in mm from "a,b[,c]" (or a tuple): `count` positive numbers; None when empty."""
-        text = _comma_text(value)
-        if text is None:
-            return None
-        try:
-            spacing = tuple(float(part) for part in text.split(","))
-        except ValueError:
-            raise InvalidInput(field, f"a spacing is {count} comma-separated numbers in mm, got {text!r}") from None
-        if len(spacing) != count or not all(0 < s < 1000 for s in spacing):
-            raise InvalidInput(field, f"a spacing is {count} positive numbers in mm, got {text!r}")
-        return spacing
-
-    return parse
-
-
-Labels = Annotated[
-    list[int] | None,
-    BeforeValidator(_parse_labels),
-    WithJsonSchema({"type": "string", "description": "label values, comma-separated", "examples": ["1,3"]}),
-]
-Window = Annotated[
-    tuple[float, float] | None,
-    BeforeValidator(_parse_window),
-    WithJsonSchema({"type": "string", "description": "a CT window 'low,high'", "examples": ["-160,240"]}),
-]
-
-
-PixelSpacing = Annotated[
-    tuple[float, float] | None,
-    BeforeValidator(_spacing_parser("pixel_spacing", 2)),
-    WithJsonSchema({"type": "string", "description": "row and column spacing 'dy,dx' in mm", "examples": ["0.8,0.8"]}),
-]
-VoxelSpacing = Annotated[
-    tuple[float, float, float] | None,
-    BeforeValidator(_spacing_parser("target_spacing", 3)),
-    WithJsonSchema({"type": "string", "description": "RAS voxel spacing 'x,y,z' in mm", "examples": ["1,1,2.5"]}),
-]
 
 
 class FormRequest(BaseModel):
@@ -154,7 +76,23 @@ class FormRequest(BaseModel):
         return fields
 
 
-class TaskRequest(FormRequest):
+class NamedLabels(FormRequest):
+    """The structure names a task carries for its label values."""
+
+    names: Names = Field(
+        None, description="the structures' names, comma-separated, one per label value in order (DICOM SEG labels)"
+    )
+
+    def structure_names(self, values: list[int]) -> dict[int, str]:
+        """Each label value's structure name: the given names in label order, else `label <value>`."""
+        if self.names is None:
+            return {value: f"label {value}" for value in values}
+        if len(self.names) != len(values):
+            raise InvalidInput("names", f"{len(self.names)} names for {len(values)} label values {values}")
+        return dict(zip(values, self.names, strict=True))
+
+
+class TaskRequest(NamedLabels):
     """POST /v1/tasks's fields: how the prompts are normalized and which label values of their masks to keep."""
 
     modality: str = Field(
@@ -169,6 +107,28 @@ class TaskRequest(FormRequest):
     )
     pixel_spacing: PixelSpacing = Field(
         None, description="the prompt images' pixel spacing 'dy,dx' in mm (keeps their physical aspect); none: square"
+    )
+
+
+class VolumeTaskRequest(NamedLabels):
+    """POST /v1/tasks/from-volume's fields: which labels of the label volume, their names, the slicing axis and
+    the slices annotated as empty."""
+
+    modality: str | None = Field(
+        None, description="the scan's modality; default the DICOM header's, else CT", examples=["CT", "MR"]
+    )
+    window: Window = Field(None, description="a CT window 'low,high' in Hounsfield units; default the model's")
+    labels: Labels = Field(
+        None, description="the label values of the label volume to use, comma-separated; default every one present"
+    )
+    axis: int | None = Field(
+        None, ge=0, le=2, description="the RAS axis prompts are cut along; default the axis the file's slices lie along"
+    )
+    all_axes: bool = Field(
+        False, description="cut prompts along all three RAS axes (for segmenting with fuse_axes), not only `axis`"
+    )
+    annotated: Indices = Field(
+        None, description="slices (indices along the axis) annotated as holding none of the labels: negatives"
     )
 
 
@@ -197,6 +157,14 @@ class SegmentRequest(FormRequest):
         None, description="the spacing a volume is resampled to before slicing; default the served model's"
     )
     pixel_spacing: PixelSpacing = Field(None, description="the 2D queries' pixel spacing 'dy,dx' in mm; none: square")
+    fuse_axes: bool = Field(
+        False,
+        description="segment a volume along all three RAS axes and average the probabilities; needs a task with "
+        "prompts along each axis (from a volume with all_axes)",
+    )
+    largest_component: bool = Field(
+        False, description="keep each structure's largest connected component (in 3D for a volume)"
+    )
     model_input: bool = Field(
         False, description="add the model-grid slices the network received (float16 NPY) to a volume's result"
     )
@@ -274,6 +242,9 @@ class TaskInfo(BaseModel):
     modality: str = Field(description="the prompts' modality")
     labels: list[int] = Field(description="the label values the task segments")
     window: tuple[float, float] | None = Field(None, description="the CT window (low, high), if any")
+    names: dict[str, str] = Field({}, description="each label value's structure name")
+    pixel_spacing: tuple[float, float] | None = Field(None, description="the prompts' pixel spacing (dy, dx) in mm")
+    axes: list[int] = Field([], description="the RAS axes its prompts were cut along (none for 2D prompts)")
 
 
 class TaskList(BaseModel):
@@ -300,7 +271,7 @@ class VolumeResult(BaseModel):
 
     volume: str = Field(description="the volume's form field and file name")
     shape: list[int] = Field(description="the label volume's shape (the input's grid)")
-    axis: int = Field(description="the RAS axis it was sliced along")
+    axis: int | None = Field(description="the RAS axis it was sliced along; none when the three axes were fused")
     n_slices: int = Field(description="the number of slices segmented")
     volume_format: str = Field(description="nifti, dicom-seg or npy")
     volume_base64: str = Field(description="the label volume file, base64")

@@ -1,5 +1,6 @@
-"""A typed Python client (httpx) for the PromptSeg HTTP API. It needs httpx, pydantic and numpy only (the `client`
-extra: `pip install "promptseg-platform[client]"`), never torch, ray or the serving stack.
+"""A typed Python client (httpx) for the PromptSeg HTTP API. It needs httpx, pydantic, numpy and (for PNG masks)
+Pillow only, all that the base install (`pip install promptseg-platform`) brings; never torch, ray or the serving
+stack (the `platform` extra).
 
 Prompt images, masks and queries are file paths or numpy arrays (sent as NPY files). A connection that cannot be
 made (the endpoint starting or restarting) is retried with an exponential back-off, and overload answers (503, 429)
@@ -41,6 +42,7 @@ from promptseg.serving.api_models import (
     TaskInfo,
     TaskList,
     TaskRequest,
+    VolumeTaskRequest,
     status_problem_code,
 )
 
@@ -137,11 +139,19 @@ class PromptSegClient:
         modality: str = "CT",
         labels: list[int] | None = None,
         window: tuple[float, float] | None = None,
+        names: list[str] | None = None,
     ) -> TaskInfo:
         """Register prompt pairs once; segment against the returned task id."""
         files = _files(prompt_images=prompt_images, prompt_masks=prompt_masks)
-        form = TaskRequest(modality=modality, labels=labels, window=window).form_fields()
+        form = TaskRequest(modality=modality, labels=labels, window=window, names=names).form_fields()
         return TaskInfo.model_validate(self._request("POST", "/v1/tasks", files=files, data=form))
+
+    def create_task_from_volume(self, volume: Path, label_volume: Path, request: VolumeTaskRequest) -> TaskInfo:
+        """Register a task cut from an annotated volume: a scan and its label volume on the same grid (NIfTI files,
+        DICOM series folders or zips, or a DICOM SEG file of the series)."""
+        files = [("volume", volume_upload(Path(volume))), ("label_volume", volume_upload(Path(label_volume)))]
+        answer = self._request("POST", "/v1/tasks/from-volume", files=files, data=request.form_fields())
+        return TaskInfo.model_validate(answer)
 
     def list_tasks(self) -> list[TaskInfo]:
         """Every task registered with the endpoint."""

@@ -12,7 +12,8 @@ check, the body-size limit, the audit log and metrics.
 Every error answer is an `api_models.Problem` (`application/problem+json`): bad input raises `InvalidInput`
 (422 `invalid_input`, naming the file), an invalid form field is a 422 `invalid_request`, an unknown task a 404
 `unknown_task`, an unknown job a 404 `unknown_job`, a job's result before it succeeded a 409 (`job_not_finished`,
-`job_failed`, `job_cancelled`), and the framework's own answers (unknown route, wrong method, unparseable body, body
+`job_failed`, `job_cancelled`), a reload onto a version of another preparation recipe a 409
+`incompatible_model`, and the framework's own answers (unknown route, wrong method, unparseable body, body
 too large) and any other failure (500 `internal_error`) take the same shape. The OpenAPI document declares the problem
 answers and the API-key header as a security scheme.
 """
@@ -50,9 +51,9 @@ from promptseg.serving.jobs import JobRunner
 from promptseg.serving.options import ServeOptions
 from promptseg.serving.responses import segment_response
 from promptseg.serving.segmentation import SegmentationService
-from promptseg.serving.served_model import ServedModel
-from promptseg.serving.served_tasks import ServedTasks, TaskHeader, UnknownTask
-from promptseg.serving.uploads import SegmentForm, TaskForm
+from promptseg.serving.served_model import IncompatibleModel, ServedModel
+from promptseg.serving.served_tasks import ServedTasks, UnknownTask
+from promptseg.serving.uploads import SegmentForm, TaskForm, VolumeTaskForm
 
 MULTIPART = "multipart/form-data"
 API_KEY_SCHEME = "APIKey"
@@ -94,6 +95,11 @@ def _audit(request: Request) -> dict[str, object]:
 @api.exception_handler(InvalidInput)
 async def _invalid_input(request: Request, error: InvalidInput) -> JSONResponse:
     return _problem(request, 422, "invalid_input", error.problem, error.file)
+
+
+@api.exception_handler(IncompatibleModel)
+async def _incompatible_model(request: Request, error: IncompatibleModel) -> JSONResponse:
+    return _problem(request, 409, "incompatible_model", str(error))
 
 
 @api.exception_handler(UnknownTask)
@@ -165,16 +171,6 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi
 
 
-def _task_info(header: TaskHeader) -> TaskInfo:
-    return TaskInfo(
-        task_id=header.task_id,
-        n_prompts=header.n_prompts,
-        modality=header.modality,
-        labels=header.labels,
-        window=header.window,
-    )
-
-
 @serve.deployment
 @serve.ingress(api)
 class PromptSegEndpoint:
@@ -225,7 +221,7 @@ class PromptSegEndpoint:
         model = self.model.current().model
         return ModelInfo(name=model.name, version=model.version, alias=self.model.alias, model_card=model.model_card)
 
-    @api.post("/v1/reload", responses=_problems())
+    @api.post("/v1/reload", responses=_problems({409: "the alias points to a version of another preparation recipe"}))
     async def reload(self, request: Request) -> ReloadInfo:
         """Follow the alias to the version it points to now; every replica catches up before its next request."""
         previous, version = await asyncio.to_thread(self.model.reload)
@@ -237,7 +233,7 @@ class PromptSegEndpoint:
     @api.get("/v1/tasks", responses=_problems())
     def list_tasks(self) -> TaskList:
         """Every registered task (the task folder all replicas share), by id."""
-        return TaskList(tasks=[_task_info(header) for header in self.tasks.headers()])
+        return TaskList(tasks=self.service.list_tasks())
 
     @api.post(
         "/v1/tasks",
@@ -248,6 +244,20 @@ class PromptSegEndpoint:
         """Register prompt pairs (images and masks, PNG or NPY) once; the id is a hash of their content, so the same
         prompts give the same task. Segment against it with `task_id`."""
         return await self.service.create_task(form.request(), await form.prompts(), _audit(request))
+
+    @api.post(
+        "/v1/tasks/from-volume",
+        status_code=201,
+        responses=_problems({413: "the body is over the size limit", 422: "a volume or field is invalid"}),
+    )
+    async def create_task_from_volume(
+        self, request: Request, form: Annotated[VolumeTaskForm, Form(media_type=MULTIPART)]
+    ) -> TaskInfo:
+        """Register a task from an annotated volume: a scan (NIfTI or zipped DICOM series) and its label volume on
+        the same grid (NIfTI, zipped DICOM series or a DICOM SEG of that series); the slices holding the wanted
+        labels along `axis` (evenly chosen across their extent) and the `annotated` empty slices become the
+        prompts."""
+        return await self.service.create_task_from_volume(form.request(), form.files(), _audit(request))
 
     @api.get("/v1/tasks/{task_id}", responses=_problems({404: "no such task"}))
     def get_task(self, task_id: str) -> TaskInfo:

@@ -13,11 +13,11 @@ import time
 import numpy as np
 
 from promptseg.inference.image_io import encode_labels, npy_bytes
+from promptseg.inference.postprocess import largest_components
 from promptseg.inference.predictor import label_map
-from promptseg.inference.volume_io import Volume, dicom_seg_bytes, nifti_bytes
+from promptseg.inference.volume_io import dicom_seg_bytes, nifti_bytes
 from promptseg.serving.api_models import MaskResult, SegmentResponse, VolumeResult
 from promptseg.serving.segmentation import LabelMaps, Segmented
-from promptseg.serving.served_model import Serving
 
 
 def _label_map(results: LabelMaps, index: int, values: list[int], threshold: float) -> np.ndarray:
@@ -37,42 +37,45 @@ def _fractions(labels: np.ndarray, values: list[int]) -> dict[str, float]:
     return {str(value): float((labels == value).mean()) for value in values}
 
 
-def _volume_bytes(labels: np.ndarray, volume: Volume, values: list[int], volume_format: str, serving: Serving) -> bytes:
-    if volume_format == "nifti":
-        return nifti_bytes(labels, volume)
-    if volume_format == "dicom-seg":
-        names = {value: f"label {value}" for value in values}
-        return dicom_seg_bytes(labels, volume, names, serving.model.name, serving.version)
-    return encode_labels(labels, values, "npy")
+def _volume_bytes(labels: np.ndarray, outcome: Segmented) -> bytes:
+    if outcome.volume_format == "nifti":
+        return nifti_bytes(labels, outcome.volume)
+    if outcome.volume_format == "dicom-seg":
+        serving = outcome.serving
+        return dicom_seg_bytes(labels, outcome.volume, outcome.names, serving.model.name, serving.version)
+    return encode_labels(labels, outcome.values, "npy")
 
 
 def _volume_result(outcome: Segmented) -> VolumeResult:
-    volume, prepared, values, request = outcome.volume, outcome.prepared, outcome.values, outcome.request
-    probabilities = [prepared.to_source([m.probability for m in maps]) for maps in outcome.results.values()]
-    labels = label_map(probabilities, values, request.threshold)
+    volume, values, request, parts = outcome.volume, outcome.values, outcome.request, outcome.parts
+    labels = label_map(outcome.volume_maps("probability"), values, request.threshold)
     labels = labels.astype(np.uint8 if max(values, default=0) <= 255 else np.uint16)
-    data = _volume_bytes(labels, volume, values, outcome.volume_format, outcome.serving)
+    if request.largest_component:
+        labels = largest_components(labels, values)
+    data = _volume_bytes(labels, outcome)
     result = VolumeResult(
         volume=volume.name,
         shape=list(labels.shape),
-        axis=prepared.axis,
-        n_slices=len(prepared.grid),
+        axis=parts[0][0].axis if len(parts) == 1 else None,
+        n_slices=sum(len(prepared.grid) for prepared, _ in parts),
         volume_format=outcome.volume_format,
         volume_base64=_base64(data),
         foreground_fraction=_fractions(labels, values),
     )
     if request.uncertainty:
-        maps = [prepared.to_source([m.uncertainty for m in maps]) for maps in outcome.results.values()]
+        maps = outcome.volume_maps("uncertainty")
         stacked = maps[0] if len(maps) == 1 else np.stack(maps)
         result.uncertainty_npy_base64 = _base64(npy_bytes(stacked.astype(np.float16)))
     if request.model_input:
-        result.model_input_npy_base64 = _base64(npy_bytes(prepared.grid.astype(np.float16)))
+        result.model_input_npy_base64 = _base64(npy_bytes(parts[0][0].grid.astype(np.float16)))
     return result
 
 
 def _mask_result(outcome: Segmented, index: int, name: str) -> MaskResult:
     request, values = outcome.request, outcome.values
     labels = _label_map(outcome.results, index, values, request.threshold)
+    if request.largest_component:
+        labels = largest_components(labels, values)
     uncertainty = _uncertainty(outcome.results, [index])[0] if request.uncertainty else None
     return MaskResult(
         query=name,

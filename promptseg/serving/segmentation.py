@@ -31,14 +31,24 @@ from promptseg.inference.predictor import (
     TaskEncoding,
     intensity_recipe,
 )
+from promptseg.inference.propagation import label_values, volume_prompts
 from promptseg.inference.volume_io import Volume
 from promptseg.serving import gateway as serve_gateway
-from promptseg.serving.api_models import SegmentRequest, TaskInfo, TaskRequest
+from promptseg.serving.api_models import SegmentRequest, TaskInfo, TaskRequest, VolumeTaskRequest
 from promptseg.serving.served_model import ServedModel, Serving
-from promptseg.serving.served_tasks import ServedTasks, StoredTask
-from promptseg.serving.uploads import Prompts, SegmentFiles
-from storage.harmonize import NormalizationParams, SliceGeometry
-from storage.preparation import Preparation, PreparedVolume
+from promptseg.serving.served_tasks import ServedTasks, StoredTask, TaskHeader
+from promptseg.serving.uploads import Prompts, SegmentFiles, VolumeTaskFiles
+from promptseg.serving.volume_parts import (
+    Groups,
+    PreparedSlices,
+    PromptPlacement,
+    encode_task,
+    group_for,
+    prepare,
+    volume_axes,
+)
+from storage.harmonize import NormalizationParams
+from storage.preparation import Preparation
 
 LabelMaps = dict[str, list[Segmentation]]
 
@@ -82,25 +92,13 @@ class _Inputs:
     volume: Volume | None = None
     axis: int | None = None
     volume_format: str | None = None
-
-
-@dataclass(frozen=True)
-class PreparedSlices:
-    """A volume's model input along one axis, and what maps per-slice results back onto the volume's grid."""
-
-    volume: PreparedVolume
-    axis: int
-    grid: np.ndarray
-    geometry: SliceGeometry
-
-    def to_source(self, maps: list[np.ndarray]) -> np.ndarray:
-        return self.volume.to_source(np.stack(maps), self.axis, self.geometry)
+    names: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Segmented:
-    """A segment request's outcome before it is encoded: each label's maps per query (2D) or per slice (volume,
-    on the model grid: `prepared` maps them back)."""
+    """A segment request's outcome before it is encoded: each label's maps per query (2D), or per slice for each
+    axis a volume was cut along (`parts`: one, or three fused; each part's `PreparedSlices` maps them back)."""
 
     request: SegmentRequest
     serving: Serving
@@ -109,13 +107,17 @@ class Segmented:
     results: LabelMaps
     query_names: list[str]
     volume: Volume | None
-    prepared: PreparedSlices | None
+    parts: list[tuple[PreparedSlices, LabelMaps]]
     volume_format: str | None
     timings_ms: dict[str, float]
+    names: dict[int, str]
 
-    @property
-    def axis(self) -> int | None:
-        return None if self.prepared is None else self.prepared.axis
+    def volume_maps(self, kind: str) -> list[np.ndarray]:
+        """Each label's `kind` map ("probability" or "uncertainty") on the volume's grid, averaged over the parts."""
+        return [
+            np.mean([part.to_source([getattr(m, kind) for m in maps[label]]) for part, maps in self.parts], axis=0)
+            for label in self.parts[0][1]
+        ]
 
 
 class SegmentationService:
@@ -134,25 +136,69 @@ class SegmentationService:
         intensity = intensity_recipe(
             request.modality, request.window, model_window=serving.preparation.get("ct_window")
         )
-        encode = serving.predictor.encode_labels
-        args = prompts.images, prompts.by_label(), intensity, 1, request.pixel_spacing
-        encodings = await asyncio.to_thread(encode, *args)
-        task_id = self.tasks.put(prompts.images, prompts.masks, request.modality, request.window, request.pixel_spacing)
+        names = request.structure_names(list(prompts.masks))
+        return await self._register(serving, prompts, intensity, request.pixel_spacing, names, audit)
+
+    async def create_task_from_volume(
+        self, request: VolumeTaskRequest, files: VolumeTaskFiles, audit: dict[str, object]
+    ) -> TaskInfo:
+        """Prompt pairs cut from an annotated volume (promptseg.inference.propagation), registered as a task."""
+        serving = self.model.current()
+        volume = await files.read_volume(self.max_volume_bytes)
+        labels = await files.read_labels(volume, self.max_volume_bytes)
+        axis = volume.default_axis if request.axis is None else request.axis
+        intensity = intensity_recipe(
+            request.modality,
+            request.window,
+            volume_modality=volume.modality,
+            model_window=serving.preparation.get("ct_window"),
+        )
+        values = label_values(labels, request.labels)
+        axes = [0, 1, 2] if request.all_axes else [axis]
+        n_max, annotated = serving.predictor.n_max, request.annotated or ()
+        cuts = [
+            await asyncio.to_thread(volume_prompts, volume.scan, labels, values, a, n_max, intensity, annotated)
+            for a in axes
+        ]
+        prompts = Prompts(
+            [image for cut in cuts for image in cut.images],
+            {value: [mask for cut in cuts for mask in cut.masks[value]] for value in values},
+        )
+        placement = PromptPlacement(
+            [cut.axis for cut in cuts for _ in cut.indices], {cut.axis: cut.pixel_spacing for cut in cuts}
+        )
+        audit.update(axes=axes, prompt_slices=len(prompts.images))
+        names = request.structure_names(values)
+        return await self._register(serving, prompts, cuts[0].intensity, placement, names, audit)
+
+    async def _register(
+        self,
+        serving: Serving,
+        prompts: Prompts,
+        intensity: NormalizationParams,
+        placement: Spacing | PromptPlacement,
+        names: dict[int, str],
+        audit: dict[str, object],
+    ) -> TaskInfo:
+        """Store the prompts as a task (2D prompts with one pixel spacing, or prompts cut from a volume placed by
+        axis), then encode them by the task's own rule (so bad ones are refused now) and cache the encodings."""
+        window = (intensity.low, intensity.high) if intensity.low is not None else None
+        if isinstance(placement, PromptPlacement):
+            layout = {"prompt_axes": placement.axes, "axis_spacing": placement.spacing}
+        else:
+            layout = {"pixel_spacing": placement}
+        task = StoredTask("", intensity.modality, window, prompts.images, prompts.masks, **layout)
+        encodings = await asyncio.to_thread(encode_task, serving, task, 1)
+        task_id = self.tasks.put(prompts.images, prompts.masks, intensity.modality, window, names=names, **layout)
         self.tasks.encoding(task_id, serving.version, 1, lambda _: encodings)
         audit.update(task_id=task_id, n_prompts=len(prompts.images), model_version=serving.version)
-        return TaskInfo(
-            task_id=task_id,
-            n_prompts=len(prompts.images),
-            modality=request.modality,
-            labels=list(prompts.masks),
-            window=request.window,
-        )
+        return self.task_info(task_id)
 
     def task_info(self, task_id: str) -> TaskInfo:
-        task = self.tasks.get(task_id)
-        return TaskInfo(
-            task_id=task_id, n_prompts=task.n_prompts, modality=task.modality, labels=task.labels, window=task.window
-        )
+        return _task_info(self.tasks.header(task_id))
+
+    def list_tasks(self) -> list[TaskInfo]:
+        return [_task_info(header) for header in self.tasks.headers()]
 
     def delete_task(self, task_id: str) -> None:
         self.tasks.delete(task_id)
@@ -171,47 +217,57 @@ class SegmentationService:
                 request.modality, request.window, model_window=serving.preparation.get("ct_window")
             )
             args = inputs.prompts.images, inputs.prompts.by_label(), recipe, request.ensemble, request.pixel_spacing
-            encodings = await asyncio.to_thread(encode, *args)
+            groups: Groups = {None: await asyncio.to_thread(encode, *args)}
             encodings_key: Hashable = uuid.uuid4().hex
         else:
-            encodings = self._task_encodings(serving, request.task_id, request.ensemble)
-            wanted = [str(value) for value in request.labels] if request.labels else list(encodings)
-            encodings = {label: encodings[label] for label in wanted}
-            encodings_key = (request.task_id, serving.version, request.ensemble, tuple(encodings))
+            groups = self._task_encodings(serving, request.task_id, request.ensemble)
+            if request.labels:
+                wanted = [str(value) for value in request.labels]
+                groups = {axis: {label: group[label] for label in wanted} for axis, group in groups.items()}
+            encodings_key = (request.task_id, serving.version, request.ensemble, tuple(request.labels or ()))
         encoded = time.perf_counter()
 
         volume = inputs.volume
-        model_preparation = serving.preparation
         intensity = intensity_recipe(
             request.modality,
             request.window,
             task=inputs.task_intensity,
             volume_modality=volume.modality if volume is not None else None,
-            model_window=model_preparation.get("ct_window"),
+            model_window=serving.preparation.get("ct_window"),
         )
-        prepared = None
+        results: LabelMaps = {}
+        parts: list[tuple[PreparedSlices, LabelMaps]] = []
         if volume is not None:
-            spacing = request.target_spacing or model_preparation.get("target_spacing") or volume.scan.spacing
+            spacing = request.target_spacing or serving.preparation.get("target_spacing") or volume.scan.spacing
             preparation = Preparation(intensity, tuple(spacing), serving.predictor.resolution)
-            prepared = await asyncio.to_thread(_prepare, volume, preparation, inputs.axis)
-            job = SegmentJob(encodings_key, serving.predictor, encodings, list(prepared.grid), MODEL_GRID)
+            for axis in volume_axes(request, inputs.axis, groups):
+                group, encodings = group_for(groups, axis, request.task_id)
+                prepared = await asyncio.to_thread(prepare, volume, preparation, axis)
+                job = SegmentJob((encodings_key, group), serving.predictor, encodings, list(prepared.grid), MODEL_GRID)
+                parts.append((prepared, await self._segment(job)))
+            n_queries = sum(len(prepared.grid) for prepared, _ in parts)
         else:
+            group, encodings = group_for(groups, request.axis if request.axis is not None else 2, request.task_id)
             queries = [a for _, a in inputs.queries]
-            job = SegmentJob(encodings_key, serving.predictor, encodings, queries, intensity, request.pixel_spacing)
-        results = await self._segment(job)
+            job = SegmentJob(
+                (encodings_key, group), serving.predictor, encodings, queries, intensity, request.pixel_spacing
+            )
+            results = await self._segment(job)
+            n_queries = len(queries)
         segmented = time.perf_counter()
         values = [int(label) for label in encodings]
-        audit.update(n_queries=len(job.slices), n_labels=len(values), volume=volume is not None)
+        audit.update(n_queries=n_queries, n_labels=len(values), volume=volume is not None)
         return Segmented(
             request=request,
             serving=serving,
-            n_prompts=next(iter(encodings.values())).n_prompts,
+            n_prompts=sum(next(iter(g.values())).n_prompts for g in groups.values()),
             values=values,
             results=results,
             query_names=[name for name, _ in inputs.queries],
             volume=volume,
-            prepared=prepared,
+            parts=parts,
             volume_format=inputs.volume_format,
+            names={value: inputs.names.get(value, f"label {value}") for value in values},
             timings_ms={
                 "decode": 1e3 * (decoded - start),
                 "encode_prompts": 1e3 * (encoded - decoded),
@@ -225,9 +281,10 @@ class SegmentationService:
         if request.task_id is None:
             inputs.prompts = await files.prompts(request.labels)
         else:
-            inputs.task_intensity, task_labels = self.tasks.describe(request.task_id)
-            if request.labels is not None and not set(request.labels) <= set(task_labels):
-                raise InvalidInput("labels", f"the task has labels {task_labels}, not {request.labels}")
+            inputs.task_intensity, header = self.tasks.describe(request.task_id)
+            inputs.names = header.names
+            if request.labels is not None and not set(request.labels) <= set(header.labels):
+                raise InvalidInput("labels", f"the task has labels {header.labels}, not {request.labels}")
         if files.volume is not None:
             inputs.volume = await files.read_volume(self.max_volume_bytes)
             inputs.axis = inputs.volume.default_axis if request.axis is None else request.axis
@@ -236,18 +293,16 @@ class SegmentationService:
             inputs.queries = await files.query_images()
         return inputs
 
-    def _task_encodings(self, serving: Serving, task_id: str, ensemble: int) -> dict[str, TaskEncoding]:
+    def _task_encodings(self, serving: Serving, task_id: str, ensemble: int) -> Groups:
         missed = []
 
-        def encode(task: StoredTask) -> dict[str, TaskEncoding]:
+        def encode(task: StoredTask) -> Groups:
             missed.append(task.task_id)
-            masks = {str(label): task.masks[label] for label in task.labels}
-            recipe = intensity_recipe(task=task.intensity, model_window=serving.preparation.get("ct_window"))
-            return serving.predictor.encode_labels(task.images, masks, recipe, ensemble, task.pixel_spacing)
+            return encode_task(serving, task, ensemble)
 
-        encodings = self.tasks.encoding(task_id, serving.version, ensemble, encode)
+        groups = self.tasks.encoding(task_id, serving.version, ensemble, encode)
         serve_gateway.CACHE.labels("miss" if missed else "hit").inc()
-        return encodings
+        return groups
 
     async def _segment(self, job: SegmentJob) -> LabelMaps:
         result = await self._run_jobs(job)
@@ -274,10 +329,17 @@ class SegmentationService:
         return results
 
 
-def _prepare(volume: Volume, preparation: Preparation, axis: int) -> PreparedSlices:
-    prepared = PreparedVolume(volume.scan, preparation)
-    grid, geometry = prepared.slices(axis)
-    return PreparedSlices(prepared, axis, grid, geometry)
+def _task_info(header: TaskHeader) -> TaskInfo:
+    return TaskInfo(
+        task_id=header.task_id,
+        n_prompts=header.n_prompts,
+        modality=header.modality,
+        labels=header.labels,
+        names={str(value): name for value, name in header.names.items()},
+        window=header.window,
+        pixel_spacing=header.pixel_spacing,
+        axes=header.axes,
+    )
 
 
 def _volume_format(request: SegmentRequest, volume: Volume) -> str:

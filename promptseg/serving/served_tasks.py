@@ -1,7 +1,8 @@
 """Tasks registered with the endpoint (POST /v1/tasks): durable prompt pairs plus a bounded cache of encodings.
 
 A task's prompts (decoded images at their native sizes, one binary mask per prompt and label value, the modality,
-an optional CT window and an optional pixel spacing) are written once to
+an optional CT window, an optional pixel spacing, the structure names of its label values and, for prompts cut
+from a volume, each prompt's RAS axis with each axis' pixel spacing) are written once to
 `<folder>/<task id>.npz` (a temporary file, then an atomic rename, so a half-written task is never visible); the
 task id is the SHA-256 of that content, so registering the same prompts twice gives the same id. Any replica that
 sees the folder can serve the task and re-encode it after an eviction or a restart, and lists every task from the
@@ -47,6 +48,9 @@ class TaskHeader:
     window: tuple[float, float] | None
     labels: list[int]
     n_prompts: int
+    names: dict[int, str]
+    pixel_spacing: tuple[float, float] | None
+    axes: list[int]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ class StoredTask:
     images: list[np.ndarray]
     masks: dict[int, list[np.ndarray]]
     pixel_spacing: tuple[float, float] | None = None
+    prompt_axes: list[int] | None = None
+    axis_spacing: dict[int, tuple[float, float]] | None = None
+
+    def prompt_groups(self) -> list[tuple[int | None, list[int], tuple[float, float] | None]]:
+        """(axis, prompt indices, pixel spacing) per group of prompts encoded together: one group (axis None) for
+        2D prompts, one per RAS axis for prompts cut from a volume."""
+        if self.prompt_axes is None:
+            return [(None, list(range(self.n_prompts)), self.pixel_spacing)]
+        axes = sorted(set(self.prompt_axes))
+        spacing = self.axis_spacing or {}
+        return [(a, [i for i, p in enumerate(self.prompt_axes) if p == a], spacing.get(a)) for a in axes]
 
     @property
     def n_prompts(self) -> int:
@@ -77,13 +92,27 @@ def task_content_id(
     modality: str,
     window: tuple[float, float] | None,
     pixel_spacing: tuple[float, float] | None = None,
+    names: dict[int, str] | None = None,
+    prompt_axes: list[int] | None = None,
+    axis_spacing: dict[int, tuple[float, float]] | None = None,
 ) -> str:
     described = f"{modality}|{window}|{sorted(masks)}" + (f"|{pixel_spacing}" if pixel_spacing else "")
+    described += f"|{sorted(names.items())}" if names else ""
+    described += f"|{prompt_axes}|{sorted((axis_spacing or {}).items())}" if prompt_axes else ""
     digest = hashlib.sha256(described.encode())
     for array in [*images, *(m for label in sorted(masks) for m in masks[label])]:
         digest.update(str((array.dtype.str, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:32]
+
+
+def _axes(data: np.lib.npyio.NpzFile) -> tuple[list[int] | None, dict[int, tuple[float, float]] | None]:
+    """A stored task's prompt axes and per-axis pixel spacing (None for 2D prompts and tasks stored before)."""
+    if "prompt_axes" not in data.files or not data["prompt_axes"].size:
+        return None, None
+    rows = data["axis_spacing"].tolist()
+    spacing = {a: (row[0], row[1]) for a, row in enumerate(rows) if not np.isnan(row[0])}
+    return [int(a) for a in data["prompt_axes"]], spacing
 
 
 class ServedTasks:
@@ -107,8 +136,11 @@ class ServedTasks:
         modality: str,
         window: tuple[float, float] | None = None,
         pixel_spacing: tuple[float, float] | None = None,
+        names: dict[int, str] | None = None,
+        prompt_axes: list[int] | None = None,
+        axis_spacing: dict[int, tuple[float, float]] | None = None,
     ) -> str:
-        task_id = task_content_id(images, masks, modality, window, pixel_spacing)
+        task_id = task_content_id(images, masks, modality, window, pixel_spacing, names, prompt_axes, axis_spacing)
         path = self._path(task_id)
         if not path.exists():
             arrays = {f"image_{i}": a for i, a in enumerate(images)} | {
@@ -121,6 +153,9 @@ class ServedTasks:
                 window=np.array(window or [], dtype=np.float64),
                 pixel_spacing=np.array(pixel_spacing or [], dtype=np.float64),
                 labels=np.array(list(masks), dtype=np.int64),
+                names=np.array([(names or {}).get(label, "") for label in masks]),
+                prompt_axes=np.array(prompt_axes or [], dtype=np.int64),
+                axis_spacing=np.array([(axis_spacing or {}).get(a, (np.nan, np.nan)) for a in range(3)]),
                 **arrays,
             )
             with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".partial", delete=False) as handle:
@@ -142,6 +177,7 @@ class ServedTasks:
                     [data[f"image_{i}"] for i in range(n)],
                     {int(label): [data[f"mask_{label}_{i}"] for i in range(n)] for label in data["labels"]},
                     (spacing[0], spacing[1]) if spacing else None,
+                    *_axes(data),
                 )
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
@@ -151,12 +187,18 @@ class ServedTasks:
         try:
             with np.load(self._path(task_id), allow_pickle=False) as data:
                 low_high = data["window"].tolist()
+                labels = [int(v) for v in data["labels"]]
+                names = [str(n) for n in data["names"]] if "names" in data.files else [""] * len(labels)
+                spacing = data["pixel_spacing"].tolist() if "pixel_spacing" in data.files else []
                 return TaskHeader(
                     task_id,
                     str(data["modality"]),
                     (low_high[0], low_high[1]) if low_high else None,
-                    [int(v) for v in data["labels"]],
+                    labels,
                     sum(1 for key in data.files if key.startswith("image_")),
+                    {label: name or f"label {label}" for label, name in zip(labels, names, strict=True)},
+                    (spacing[0], spacing[1]) if spacing else None,
+                    sorted(set(_axes(data)[0] or [])),
                 )
         except FileNotFoundError as error:
             raise UnknownTask(task_id) from error
@@ -170,10 +212,10 @@ class ServedTasks:
                     found.append(self.header(path.stem))
         return found
 
-    def describe(self, task_id: str) -> tuple[NormalizationParams, list[int]]:
-        """The task's intensity recipe and label values (from its header)."""
+    def describe(self, task_id: str) -> tuple[NormalizationParams, TaskHeader]:
+        """The task's intensity recipe and its header."""
         header = self.header(task_id)
-        return intensity_recipe(header.modality, header.window), header.labels
+        return intensity_recipe(header.modality, header.window), header
 
     def delete(self, task_id: str) -> None:
         try:

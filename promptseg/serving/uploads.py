@@ -1,5 +1,6 @@
-"""The multipart bodies of POST /v1/tasks and POST /v1/segment (their `api_models` request plus the files) and the
-reading of the uploaded files into arrays: 2D images, prompt masks by label value, a volume. Every problem raises
+"""The multipart bodies of POST /v1/tasks, /v1/tasks/from-volume and /v1/segment (their `api_models` request plus
+the files) and the reading of the uploaded files into arrays: 2D images, prompt masks by label value, a volume and
+its label volume. Every problem raises
 `InvalidInput` naming the file.
 """
 
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import UploadFile
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from promptseg.inference.errors import InvalidInput
 from promptseg.inference.image_io import decode_image, label_masks
-from promptseg.inference.volume_io import Volume, read_volume
-from promptseg.serving.api_models import SegmentRequest, TaskRequest
+from promptseg.inference.volume_io import Volume, read_label_upload, read_volume
+from promptseg.serving.api_models import SegmentRequest, TaskRequest, VolumeTaskRequest
 
 
 async def _read(upload: UploadFile, name: str) -> bytes:
@@ -58,8 +59,8 @@ class TaskForm(TaskRequest):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt_images: list[UploadFile]
-    prompt_masks: list[UploadFile]
+    prompt_images: list[UploadFile] = Field(description="the prompt images (PNG or NPY), one file per prompt")
+    prompt_masks: list[UploadFile] = Field(description="their masks (binary, or label maps with `labels`), in order")
 
     def request(self) -> TaskRequest:
         return TaskRequest(**self.model_dump(include=set(TaskRequest.model_fields)))
@@ -85,8 +86,7 @@ class SegmentFiles:
 
     async def read_volume(self, max_bytes: int) -> Volume:
         """The uploaded volume (NIfTI, or a zip of one DICOM series), refused beyond `max_bytes` decoded."""
-        name = f"volume {self.volume.filename}"
-        return await asyncio.to_thread(read_volume, name, await _read(self.volume, name), max_bytes)
+        return await _read_volume(self.volume, max_bytes)
 
 
 class SegmentForm(SegmentRequest):
@@ -95,10 +95,10 @@ class SegmentForm(SegmentRequest):
 
     model_config = ConfigDict(extra="ignore")
 
-    queries: list[UploadFile] | None = None
-    volume: UploadFile | None = None
-    prompt_images: list[UploadFile] | None = None
-    prompt_masks: list[UploadFile] | None = None
+    queries: list[UploadFile] | None = Field(None, description="2D query images (PNG or NPY)")
+    volume: UploadFile | None = Field(None, description="one volume: NIfTI, or a zip of one DICOM series")
+    prompt_images: list[UploadFile] | None = Field(None, description="inline prompt images, without a task_id")
+    prompt_masks: list[UploadFile] | None = Field(None, description="their masks, in the same order")
 
     @model_validator(mode="after")
     def _one_source_and_one_kind(self) -> SegmentForm:
@@ -115,3 +115,41 @@ class SegmentForm(SegmentRequest):
 
     def files(self) -> SegmentFiles:
         return SegmentFiles(self.queries or [], self.volume, self.prompt_images or [], self.prompt_masks or [])
+
+
+async def _read_volume(upload: UploadFile, max_bytes: int) -> Volume:
+    name = f"volume {upload.filename}"
+    return await asyncio.to_thread(read_volume, name, await _read(upload, name), max_bytes)
+
+
+@dataclass(frozen=True)
+class VolumeTaskFiles:
+    """A scan and its label volume, on the same grid."""
+
+    volume: UploadFile
+    label_volume: UploadFile
+
+    async def read_volume(self, max_bytes: int) -> Volume:
+        return await _read_volume(self.volume, max_bytes)
+
+    async def read_labels(self, volume: Volume, max_bytes: int) -> np.ndarray:
+        name = f"label_volume {self.label_volume.filename}"
+        data = await _read(self.label_volume, name)
+        return await asyncio.to_thread(read_label_upload, name, data, volume, max_bytes)
+
+
+class VolumeTaskForm(VolumeTaskRequest):
+    """POST /v1/tasks/from-volume's body: the task's fields, the scan and its label volume."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    volume: UploadFile = Field(description="the scan: NIfTI, or a zip of one DICOM series")
+    label_volume: UploadFile = Field(
+        description="its label volume on the same grid: NIfTI, a zipped DICOM series, or a DICOM SEG of the series"
+    )
+
+    def request(self) -> VolumeTaskRequest:
+        return VolumeTaskRequest(**self.model_dump(include=set(VolumeTaskRequest.model_fields)))
+
+    def files(self) -> VolumeTaskFiles:
+        return VolumeTaskFiles(self.volume, self.label_volume)

@@ -44,6 +44,10 @@ class Volume:
             return array
         return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(_RAS, self.to_ras))
 
+    def in_ras_order(self, stored: np.ndarray) -> np.ndarray:
+        """An array in the file's voxel order (e.g. a label volume on the same grid) put in this volume's RAS order."""
+        return stored if self.to_ras is None else nib.orientations.apply_orientation(stored, self.to_ras)
+
     def stored_axis(self, stored: int) -> int:
         """The RAS axis that the file's axis `stored` became."""
         return stored if self.to_ras is None else int(self.to_ras[stored, 0])

@@ -35,3 +35,16 @@ def test_every_imported_package_is_declared() -> None:
         if not {_normalized(d) for d in distributions.get(name, [name])} & declared
     }
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_the_base_install_is_the_client_and_covers_what_the_client_imports() -> None:
+    """`pip install promptseg-platform` brings the HTTP client's packages only (the platform is an extra), and they
+    are every third-party package the client module imports, however deep."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {_normalized(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in project["dependencies"]}
+    assert base == {"httpx", "pydantic", "numpy", "pillow"}
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=True, cache_dir=None)
+    reached = graph.find_upstream_modules("promptseg.serving.client") | {"promptseg.serving.client"}
+    external = {m.split(".")[0] for m in reached} - set(PACKAGES) - set(sys.stdlib_module_names) - {"__future__"}
+    distributions = importlib.metadata.packages_distributions()
+    assert {_normalized(d) for name in external for d in distributions.get(name, [name])} <= base | {"pydantic-core"}

@@ -39,8 +39,12 @@ def test_tasks_keep_several_labels_and_a_ct_window(tmp_path: Path) -> None:
     restored = ServedTasks(tmp_path).get(task_id)
     assert restored.labels == [2, 5] and restored.window == (-160.0, 240.0)
     assert np.array_equal(restored.masks[5][1], labels[5][1])
-    intensity, values = tasks.describe(task_id)
-    assert (intensity.modality, intensity.low, intensity.high, values) == ("CT", -160.0, 240.0, [2, 5])
+    intensity, header = tasks.describe(task_id)
+    assert (intensity.modality, intensity.low, intensity.high, header.labels) == ("CT", -160.0, 240.0, [2, 5])
+    assert header.names == {2: "label 2", 5: "label 5"}
+    named = tasks.put(images, labels, "CT", (-160.0, 240.0), (0.7, 0.7), {2: "liver", 5: "spleen"})
+    assert named != task_id and tasks.header(named).names == {2: "liver", 5: "spleen"}
+    assert tasks.get(named).pixel_spacing == (0.7, 0.7) == tasks.header(named).pixel_spacing
 
 
 def test_encodings_are_cached_per_model_version_within_a_bound(tmp_path: Path) -> None:
@@ -88,3 +92,17 @@ def test_every_task_is_listed_with_its_header_and_no_arrays(tmp_path: Path) -> N
     assert (by_modality["CT"].labels, by_modality["CT"].window) == ([3, 5], (-160.0, 240.0))
     tasks.delete(ids[0])
     assert [h.task_id for h in tasks.headers()] == ids[1:]
+
+
+def test_prompts_cut_along_several_axes_are_grouped_by_axis_with_their_spacing(tmp_path: Path) -> None:
+    tasks = ServedTasks(tmp_path)
+    images, masks = _prompts(7)
+    n = len(images)
+    axes = [0] * (n - 1) + [2]
+    spacing = {0: (0.8, 2.5), 2: (0.8, 0.8)}
+    task_id = tasks.put(images, masks, "CT", (-100.0, 200.0), prompt_axes=axes, axis_spacing=spacing)
+    task = tasks.get(task_id)
+    assert task.prompt_groups() == [(0, list(range(n - 1)), (0.8, 2.5)), (2, [n - 1], (0.8, 0.8))]
+    assert tasks.header(task_id).axes == [0, 2]
+    assert task_id != tasks.put(images, masks, "CT", (-100.0, 200.0))
+    assert tasks.get(tasks.put(images, masks, "CT")).prompt_groups() == [(None, list(range(n)), None)]

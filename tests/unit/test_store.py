@@ -107,7 +107,7 @@ def _write_case(store: TaskStore, dataset: str, key: str, case: str, n: int, val
     labels = np.zeros((n, r, r), np.uint8)
     for i in range(n):
         labels[i, : 2 + i, :3] = value
-    summary = store.write_case(dataset, key, 2, images, labels, list(range(10, 10 + n)))
+    summary = store.write_case(dataset, key, 2, images, labels, list(range(10, 10 + n)), grid_spacing_mm=n * 0.5)
     return {**summary, "case": case}, images
 
 
@@ -130,6 +130,7 @@ def test_store_round_trip_index_and_versions(tmp_path: Path) -> None:
     assert images.shape == (3, 32, 32) and masks.dtype == np.uint8
     np.testing.assert_allclose(images, images_a, atol=1e-3)  # float16 storage
     assert masks.sum(axis=(1, 2)).tolist() == [6, 9, 12]
+    assert store.grid_spacing_mm("ds") == {("case-a", 2): 1.5, ("case-b", 2): 1.0}
 
     snapshot = store.snapshot_id()
     reopened = TaskStore.open(str(tmp_path / "store.zarr"), 32)
