@@ -3,13 +3,19 @@
 Routes (versioned under /v1, OpenAPI at /docs):
 - POST /v1/tasks (multipart): `prompt_images`, `prompt_masks`, form fields `modality`, optional `window`
   ("low,high", a CT window) and `labels` → 201 `TaskInfo`. The task id is a content hash: the same prompts give
-  the same id. GET /v1/tasks → `TaskList` (every registered task); GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
+  the same id; optional `names` (structure names) and `pixel_spacing`. POST /v1/tasks/from-volume (multipart):
+  a `volume` and its `label_volume` on the same grid (NIfTI, zipped DICOM series, or a DICOM SEG of the series),
+  `labels`, `names`, a RAS `axis` or `all_axes`, `annotated` empty slices → 201 `TaskInfo` with prompts cut from the
+  labelled slices. GET /v1/tasks → `TaskList` (every registered task); GET /v1/tasks/{id} → `TaskInfo`; DELETE → 204.
 - POST /v1/segment (multipart): 2D `queries` (PNG or NPY files) or one 3D `volume` (NIfTI, or a zip of one DICOM
-  series) segmented slice by slice along `axis` (default: the DICOM slice axis, NIfTI's third voxel axis); against a
+  series) prepared as training data (RAS, resampled to `target_spacing`, default the model's) and segmented slice by
+  slice along the RAS `axis` (default: the axis the file's slices lie along), or along all three with `fuse_axes`;
+  2D queries take an optional `pixel_spacing`; against a
   registered `task_id` or inline `prompt_images` and `prompt_masks`. Form fields: `modality` (CT, MR, ...; 8-bit
   images are scaled whatever the modality; default the task's or the DICOM header's), `window`, `labels`,
   `threshold`, `ensemble` (K prompt subsets averaged), `uncertainty` (adds float16 NPY maps), `mask_format` (png or
-  npy, for 2D), `volume_format` (nifti or npy for NIfTI input, dicom-seg or npy for DICOM input) → `SegmentResponse`.
+  npy, for 2D), `volume_format` (nifti or npy for NIfTI input, dicom-seg or npy for DICOM input),
+  `largest_component`, `model_input` (a volume's model-grid slices back) → `SegmentResponse`.
 - Masks in: {0, 1} or {0, 255} binary masks, or with `labels` ("1,3") label maps from which each wanted value is
   one structure, all segmented in the same call. Masks out: label maps holding those values (0 = background,
   a pixel goes to the most probable label above the threshold); a binary result (no `labels`) is label 1, written
@@ -26,9 +32,10 @@ Routes (versioned under /v1, OpenAPI at /docs):
 - Errors: every error answer is a `Problem` (RFC 9457 problem details, `application/problem+json`) whose `code`
   names the problem and `file` the offending upload; never a 500 for bad input.
 
-The form fields of the two POST routes are `TaskRequest` and `SegmentRequest`: the endpoint validates the form into
-them, the client and the CLI build them and send `form_fields()`. This module imports pydantic and the input error
-only (no torch), so the client installs without the serving stack.
+The form fields of the POST routes are `TaskRequest`, `VolumeTaskRequest` and `SegmentRequest` (jobs take the
+latter too), with their comma-string fields parsed by promptseg.serving.form_fields: the endpoint validates the
+form into them, the client and the CLI build them and send `form_fields()`. This module imports pydantic and the
+input error only (no torch), so the client installs without the serving stack.
 """
 
 from __future__ import annotations
