@@ -62,7 +62,10 @@ def test_store_names_cases_by_keyed_pseudonyms_only(settings: Settings, preproce
 
 def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, preprocessed: PreprocessReport) -> None:
     before, snapshot = _file_times(settings.store), TaskStore.open(settings.store).snapshot_id()
-    state = preprocess_flow(str(settings.data.raw_dir), settings.store, settings.resolution, return_state=True)
+    held_out = settings.training.held_out  # the spec the store's CT window was pooled under (as stages pass it)
+    state = preprocess_flow(
+        str(settings.data.raw_dir), settings.store, settings.resolution, held_out=held_out, return_state=True
+    )
     report = state.result()
     assert [d.version for d in report.datasets] == [d.version for d in preprocessed.datasets]
     states = _task_run_states(state.state_details.flow_run_id)

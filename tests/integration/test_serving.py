@@ -211,7 +211,7 @@ def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str,
         "zip of no DICOM": (
             {**prompts, "volume": [("s.zip", _zip({"a.dcm": b"hello"}))]},
             "invalid_input",
-            "not a DICOM file",
+            "no DICOM series",
         ),
         "not a volume": ({**prompts, "volume": [("v.bin", b"0" * 400)]}, "invalid_input", "not a NIfTI volume"),
     }

@@ -124,10 +124,12 @@ def test_choices_are_the_ones_the_code_accepts() -> None:
     assert result.exit_code == 2 and "quick" in result.output and "full" in result.output
 
 
-def test_global_options_are_the_settings_a_flow_reads(tmp_path: Path) -> None:
+def test_global_options_are_the_settings_a_flow_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`nightly` and `schedule` hand work to flows that read their settings from the environment (a deployment's run
     does too): what a command exports is what those read."""
     from pipelines import environment
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in earlier tests exports it
 
     result = _invoke("--workspace", tmp_path / "elsewhere", "--resolution", "96", "serve", "status")
     assert result.exit_code == 0, result.output
