@@ -157,9 +157,10 @@ class TaskStore:
         return dict(self._root.attrs.get("preparation", {}))
 
     def record_preparation(self, recipe_version: str, ct_window: tuple[float, float] | None) -> None:
-        self._root.attrs.update(
-            {"preparation": {"recipe_version": recipe_version, "ct_window": list(ct_window) if ct_window else None}}
-        )
+        """Record the recipe and window (written only when they changed: an unchanged run writes nothing)."""
+        preparation = {"recipe_version": recipe_version, "ct_window": list(ct_window) if ct_window else None}
+        if self.preparation() != preparation:
+            self._root.attrs.update({"preparation": preparation})
 
     def datasets(self) -> list[str]:
         group = self._root["datasets"]
