@@ -34,9 +34,12 @@ SCAN_SUFFIXES = (".nii", ".nii.gz", ".zip")
 DISPLAY = NormalizationParams("display")  # overlays: each slice's own percentiles
 
 
-def _read(image: Path, label: Path) -> tuple[Volume, np.ndarray]:
+def _annotated_scan(image: Path, label: Path, request: VolumeTaskRequest) -> tuple[Volume, np.ndarray, list[int], int]:
+    """The scan, its RAS label volume, the label values to propagate and the RAS axis to propagate along."""
     volume = read_volume(image.name, volume_upload(image)[1])
-    return volume, read_label_upload(label.name, volume_upload(label)[1], volume)
+    labels = read_label_upload(label.name, volume_upload(label)[1], volume)
+    axis = volume.default_axis if request.axis is None else request.axis
+    return volume, labels, label_values(labels, request.labels), axis
 
 
 def _stem(path: Path) -> str:
@@ -75,9 +78,7 @@ def propagate_in_process(
     largest_component: bool = False,
 ) -> dict:
     """Complete the annotated scan with a loaded version in this process."""
-    volume, labels = _read(image, label)
-    values = label_values(labels, request.labels)
-    axis = volume.default_axis if request.axis is None else request.axis
+    volume, labels, values, axis = _annotated_scan(image, label, request)
     window = (model_card.get("preparation") or {}).get("ct_window")
     intensity = intensity_recipe(request.modality, request.window, volume_modality=volume.modality, model_window=window)
     PROGRESS.info("propagate %s along axis %d: %d slices", image.name, axis, volume.scan.array.shape[axis])
@@ -97,10 +98,8 @@ def propagate_via_endpoint(
     largest_component: bool = False,
 ) -> dict:
     """Complete the annotated scan through the endpoint: register it as a task, segment the scan against it."""
-    volume, labels = _read(image, label)
-    values = label_values(labels, request.labels)
+    volume, labels, values, axis = _annotated_scan(image, label, request)
     request = request.model_copy(update={"labels": values})
-    axis = volume.default_axis if request.axis is None else request.axis
     task = client.create_task_from_volume(image, label, request.model_copy(update={"axis": axis}))
     PROGRESS.info("propagate %s along axis %d through task %s", image.name, axis, task.task_id)
     segment = SegmentRequest(
