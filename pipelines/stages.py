@@ -98,8 +98,9 @@ def serve(settings: Settings, alias: str = "champion") -> str:
     from pipelines import cluster
     from promptseg.serving.app import deploy, options_from
 
+    options = options_from(settings.serve)  # the key rule refuses before a Ray head is started
     cluster.connect(settings.services_dir, settings.ray_address)
-    url = deploy(settings.registry.tracking_uri, settings.registry.model_name, alias, options_from(settings.serve))
+    url = deploy(settings.registry.tracking_uri, settings.registry.model_name, alias, options)
     (settings.services_dir / SERVE_RECORD).write_text(json.dumps({"url": url, "alias": alias}))
     return url
 

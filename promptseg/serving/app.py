@@ -1,47 +1,67 @@
 """The Serve application as a whole: `application()` for a Serve config file or a KubeRay RayService (import path
-`promptseg.serving.app:application`), `deploy` onto the connected Ray cluster (refused beyond loopback without an
-API key) and `undeploy`. The routes are promptseg.serving.endpoint's; the options, promptseg.serving.options'.
+`promptseg.serving.app:application`), `deploy` onto the connected Ray cluster and `undeploy`. The routes are
+promptseg.serving.endpoint's; the options and the key rule (no endpoint beyond loopback without an API key, no
+placeholder or short key), promptseg.serving.options'. Both builders apply the rule before anything is deployed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 
+import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.context import _get_global_client
 from ray.serve.exceptions import RayServeException
 
 from promptseg.registry.settings import RegistrySettings
 from promptseg.registry.versions import load_version
 from promptseg.serving.endpoint import PromptSegEndpoint
-from promptseg.serving.options import ServeOptions, options_from
+from promptseg.serving.options import InsecureBinding, ServeOptions, WeakApiKey, check_binding, options_from
 from promptseg.serving.served_model import check_recipe
 from promptseg.serving.settings import ServeSettings
 
 APP_NAME = "promptseg"
 
-__all__ = ["APP_NAME", "InsecureBinding", "ServeOptions", "application", "deploy", "options_from", "undeploy"]
+__all__ = [
+    "APP_NAME",
+    "InsecureBinding",
+    "ServeOptions",
+    "WeakApiKey",
+    "application",
+    "check_exposure",
+    "deploy",
+    "options_from",
+    "undeploy",
+]
 
 
-class InsecureBinding(ValueError):
-    """The endpoint would listen beyond loopback without an API key."""
+def running_serve_host() -> str | None:
+    """The host the running Serve instance's HTTP proxies bind to (a Serve config's or a RayService's
+    `http_options.host`), or None when this process is not connected to a Ray cluster running Serve. Serve has no
+    public call for it; its client reads it from the controller."""
+    if not ray.is_initialized():
+        return None
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return client.http_config.host if client is not None else None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
+def check_exposure(options: ServeOptions) -> None:
+    """The key rule for the options' host and for the host a running Serve instance binds to already (set by a
+    Serve config file or RayService's `http_options`, or by an earlier `serve.start`, which later ones keep)."""
+    check_binding(options.settings.host, options.api_key_sha256)
+    if (host := running_serve_host()) is not None:
+        check_binding(host, options.api_key_sha256)
 
 
 def application(args: dict[str, str] | None = None) -> Application:
     """The application configured by the PROMPTSEG_* / MLFLOW_TRACKING_URI environment of the cluster's nodes;
-    `args` may name another `alias`."""
+    `args` may name another `alias`. Refused by the key rule (`options_from`, `check_exposure`) before it is built."""
     registry = RegistrySettings()
     alias = (args or {}).get("alias", "champion")
-    return PromptSegEndpoint.bind(registry.tracking_uri, registry.model_name, alias, options_from(ServeSettings()))
+    options = options_from(ServeSettings())
+    check_exposure(options)
+    return PromptSegEndpoint.bind(registry.tracking_uri, registry.model_name, alias, options)
 
 
 def deploy(
@@ -53,13 +73,11 @@ def deploy(
     route_prefix: str = "/",
 ) -> str:
     """Run the application on the connected Ray cluster; return its base URL. Redeploying with changed options
-    rolls the replicas over (Serve starts new ones before stopping old ones). A version trained under another
-    preparation recipe is refused (`IncompatibleModel`) before anything is deployed."""
+    rolls the replicas over (Serve starts new ones before stopping old ones). An endpoint beyond loopback without
+    an API key (`InsecureBinding`) and a version trained under another preparation recipe (`IncompatibleModel`)
+    are refused before anything is deployed."""
+    check_exposure(options)  # options built by hand skip options_from
     check_recipe(load_version(tracking_uri, model_name, alias))  # refused here with its reason, not in a replica
-    if not _is_loopback(options.settings.host) and not options.api_key_sha256:
-        raise InsecureBinding(
-            f"serving on {options.settings.host} (beyond loopback) needs an API key: set PROMPTSEG_SERVE_API_KEY"
-        )
     serve.start(http_options={"host": options.settings.host, "port": options.settings.port})
     deployment = PromptSegEndpoint.options(
         num_replicas=options.settings.replicas,

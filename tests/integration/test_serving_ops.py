@@ -21,10 +21,10 @@ from pipelines.settings import Settings
 from promptseg.nets.checkpoint import load_model, save_model
 from promptseg.nets.factory import build_model
 from promptseg.registry.versions import CHALLENGER, CHAMPION, move_alias, register_checkpoint
-from promptseg.serving.app import InsecureBinding, deploy, options_from
+from promptseg.serving.app import InsecureBinding, ServeOptions, deploy, options_from
 from promptseg.serving.client import APIError, PromptSegClient, decode_mask
 
-API_KEY = "test-key-not-secret"
+API_KEY = "9d2e7c41b8a05f36e1d4c7b2a9f08e53"  # 32 hex digits: placeholders and keys under 24 characters are refused
 SECURE = "promptseg-secure"
 
 
@@ -37,9 +37,11 @@ def secure(settings: Settings, served: str) -> str:
 
 
 def test_binding_beyond_loopback_needs_an_api_key(settings: Settings) -> None:
-    options = options_from(settings.serve.model_copy(update={"host": "0.0.0.0", "api_key": None}))
+    beyond = settings.serve.model_copy(update={"host": "0.0.0.0", "api_key": None})
     with pytest.raises(InsecureBinding, match="API key"):
-        deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options)
+        options_from(beyond)
+    with pytest.raises(InsecureBinding, match="API key"):  # options built by hand: deploy applies the rule too
+        deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, ServeOptions(beyond))
 
 
 def test_the_api_key_guards_every_route_but_health(secure: str, served: str, http_files: dict[str, list[Path]]) -> None:
