@@ -1,14 +1,23 @@
 """Finding or starting the Ray instance the platform runs on, and recording it in the workspace.
 
 Order: `RAY_ADDRESS` (a cluster), else the head this workspace started and recorded (if still alive), else a new
-head. A new head is `ray start --head --block` in its own process group, bound to 127.0.0.1 unless configured,
-so `promptseg serve start`, `query`, training and `serve stop` in later processes all find the same instance; its
-record also names its dashboard.
+head. A new head is `ray start --head --block` in its own process group, so `promptseg serve start`, `query`,
+training and `serve stop` in later processes all find the same instance; its record also names its dashboard.
+
+Exposure: a head on loopback (the default) has every port on loopback: GCS, raylet, workers, agents, Ray Client
+server, dashboard and metrics. Every Ray server binds to all interfaces unless its node's address is loopback, and
+Ray (2.60, on Linux) replaces a loopback address, given as `--node-ip-address` or as the address to connect to, by
+the machine's routable one unless its switch for a local-only instance is set: `LOCAL_ONLY`, in the environment
+of the head and of every process that connects to a loopback address (`connect` sets it; from a shell,
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray status --address 127.0.0.1:<port>`). A node joins such a head through
+pipelines.ray_local_node. A head or node beyond loopback is refused unless Ray's token authentication is on
+(`RAY_AUTH_MODE=token` and a token on every node: docs.ray.io/en/latest/ray-security/token-auth.html).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -19,8 +28,44 @@ import time
 from pathlib import Path
 
 import ray
+from ray._private import ray_constants
 
 RECORD = "ray.json"
+RAY = Path(sys.executable).with_name("ray")
+LOCAL_ONLY = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}  # Ray keeps loopback addresses
+
+
+class InsecureRayNode(RuntimeError):
+    """A Ray node would listen beyond loopback without token authentication."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def _node_environment(host: str) -> dict[str, str]:
+    """The environment of a Ray node's processes on `host`: local-only on loopback, else token authentication."""
+    if _is_loopback(host):
+        return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_ONLY}
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        raise InsecureRayNode(
+            f"a Ray node on {host} (beyond loopback) needs token authentication: set RAY_AUTH_MODE=token on every "
+            "node and give them one token (`ray get-auth-token --generate`)"
+        )
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    environment.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+    return environment
+
+
+def _connect_locally_only() -> None:
+    """Let this process reach a loopback-only head (and the processes it starts, through the variable): Ray read
+    the switch when it was imported, so its copy is set too."""
+    os.environ.update(LOCAL_ONLY)
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _free_port(host: str) -> int:
@@ -50,13 +95,15 @@ def recorded_head(services_dir: Path) -> dict | None:
 def start_head(
     services_dir: Path, host: str = "127.0.0.1", num_cpus: int | None = None, timeout_s: float = 60.0
 ) -> str:
-    """Start a Ray head in its own process group and record its address; return the address."""
+    """Start a Ray head in its own process group and record its address; return the address. On loopback every
+    port stays on loopback; beyond it, token authentication must be on (`InsecureRayNode`)."""
+    environment = _node_environment(host)
     services_dir.mkdir(parents=True, exist_ok=True)
     port, dashboard_port = _free_port(host), _free_port(host)
     # More logical CPUs than cores: a Serve replica and a 2-worker TorchTrainer must fit together.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     command = [
-        str(Path(sys.executable).with_name("ray")),
+        str(RAY),
         "start",
         "--head",
         "--block",
@@ -74,7 +121,7 @@ def start_head(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env=environment,
     )
     address = f"{host}:{port}"
     deadline = time.monotonic() + timeout_s
@@ -95,7 +142,9 @@ def dashboard_url(services_dir: Path) -> str | None:
 
 def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "127.0.0.1") -> subprocess.Popen:
     """Join another Ray node to the head at `address` (in its own process group; several may share one machine,
-    so every agent port is chosen free). `stop_worker_node` takes it out again."""
+    so every agent port is chosen free). `stop_worker_node` takes it out again. On loopback every port of the node
+    stays on loopback (through pipelines.ray_local_node); beyond it, token authentication must be on."""
+    environment = _node_environment(host)
     ports = {
         name: _free_port(host)
         for name in (
@@ -105,8 +154,9 @@ def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "
             "runtime-env-agent-port",
         )
     }
+    ray_start = [sys.executable, "-m", "pipelines.ray_local_node"] if _is_loopback(host) else [str(RAY)]
     command = [
-        str(Path(sys.executable).with_name("ray")),
+        *ray_start,
         "start",
         "--block",
         f"--address={address}",
@@ -116,7 +166,7 @@ def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "
         *(f"--{name}={port}" for name, port in ports.items()),
     ]
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the detached child
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment)
 
 
 def stop_worker_node(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
@@ -140,6 +190,8 @@ def connect(services_dir: Path, ray_address: str | None, *, start: bool = True) 
     else:
         raise RuntimeError("no Ray instance recorded in this workspace and RAY_ADDRESS is unset")
     if not ray.is_initialized():
+        if _is_loopback(address.split("://")[-1].rsplit(":", 1)[0]):
+            _connect_locally_only()
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     return address
 

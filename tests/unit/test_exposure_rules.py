@@ -1,11 +1,14 @@
-"""The key rule (promptseg.serving.options), wherever the application is built: `options_from`, the Serve import path
-`application()` (a Serve config file or RayService) and `promptseg serve start`. No Ray instance is started: the
-CLI refuses before it would start one, and a running Serve's host is stood in for."""
+"""The exposure rules, without starting Ray. The key rule (promptseg.serving.options), wherever the application is
+built: `options_from`, the Serve import path `application()` (a Serve config file or RayService) and `promptseg
+serve start` (which refuses before it would start a Ray head); a running Serve's host is stood in for. A Ray node
+(pipelines.cluster) beyond loopback needs Ray's token authentication; one on loopback is kept there
+(tests/integration/test_cluster_exposure.py measures its sockets)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from pipelines import cluster
 from pipelines.cli import app as cli
 from promptseg.serving import app
 from promptseg.serving.options import (
@@ -123,3 +127,21 @@ def test_serve_start_refuses_a_placeholder_key_before_starting_ray(
     [line] = result.stderr.splitlines()
     assert line.startswith("error: ") and f"{API_KEY_VARIABLE} is a placeholder" in line
     assert not list(tmp_path.rglob("ray.json"))  # no Ray head was started
+
+
+@pytest.mark.parametrize("start", [cluster.start_head, cluster.start_worker_node])
+def test_a_ray_node_beyond_loopback_needs_token_authentication(
+    start: Callable[..., object], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    arguments = (tmp_path,) if start is cluster.start_head else ("192.0.2.2:6379", 1, tmp_path / "node.log")
+    with pytest.raises(cluster.InsecureRayNode, match="RAY_AUTH_MODE=token"):
+        start(*arguments, host="192.0.2.2")
+    assert list(tmp_path.iterdir()) == []  # refused before anything started
+
+
+def test_a_loopback_ray_node_keeps_its_loopback_address() -> None:
+    """Ray (2.60, Linux) swaps a loopback address for the machine's routable one unless its local-only switch is
+    set; it is set for the nodes' processes (and, by `connect`, for a process connecting to a loopback head)."""
+    assert cluster.LOCAL_ONLY == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    assert cluster.LOCAL_ONLY.items() <= cluster._node_environment("127.0.0.1").items()
