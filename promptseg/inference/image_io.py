@@ -13,6 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from promptseg.inference.budget import Budget
 from promptseg.inference.errors import InvalidInput
 
 MAX_PIXELS = 4096 * 4096
@@ -20,13 +21,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"
 
 
-def decode_image(name: str, data: bytes) -> np.ndarray:
-    """A 2D array from PNG (grey or RGB, converted to grey) or NPY bytes."""
+def decode_image(name: str, data: bytes, budget: Budget | None = None) -> np.ndarray:
+    """A 2D array from PNG (grey or RGB, converted to grey) or NPY bytes, charged to `budget` from its header."""
+    budget = budget or Budget()
     if data.startswith(PNG_MAGIC):
         try:
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise InvalidInput(name, f"image of {image.width}×{image.height} pixels exceeds {MAX_PIXELS}")
+                budget.charge(
+                    name, (image.height, image.width), max(len(image.getbands()), 2 if ";16" in image.mode else 1)
+                )
                 if image.mode not in {"L", "I;16", "I"}:
                     image = image.convert("L")
                 array = np.asarray(image)
@@ -36,7 +41,7 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
             raise InvalidInput(name, f"unreadable PNG ({error})") from error
     elif data.startswith(NPY_MAGIC):
         try:
-            array = _load_npy(name, data)
+            array = _load_npy(name, data, budget)
         except InvalidInput:
             raise
         except Exception as error:
@@ -47,6 +52,8 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
         array = array[0]
     if array.ndim != 2:
         raise InvalidInput(name, f"expected a 2D image, got shape {array.shape}")
+    if array.size == 0:
+        raise InvalidInput(name, f"the image is empty (shape {array.shape})")
     if array.size > MAX_PIXELS:
         raise InvalidInput(name, f"image of {array.size} pixels exceeds {MAX_PIXELS}")
     if array.dtype.kind not in "biuf":
@@ -56,16 +63,17 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
     return array
 
 
-def _load_npy(name: str, data: bytes) -> np.ndarray:
-    """An NPY array, its declared shape checked before any pixel memory is allocated."""
+def _load_npy(name: str, data: bytes, budget: Budget) -> np.ndarray:
+    """An NPY array, its declared shape checked and charged before any pixel memory is allocated."""
     stream = io.BytesIO(data)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     version = np.lib.format.read_magic(stream)
     if version not in read_header:
         raise InvalidInput(name, f"unsupported NPY version {version}")
-    shape, _, _ = read_header[version](stream)
+    shape, _, dtype = read_header[version](stream)
     if int(np.prod(shape)) > MAX_PIXELS:
         raise InvalidInput(name, f"array of shape {shape} exceeds {MAX_PIXELS} pixels")
+    budget.charge(name, shape, dtype.itemsize)
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 

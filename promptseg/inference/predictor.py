@@ -87,6 +87,11 @@ class TaskEncoding:
     def members(self) -> int:
         return int(self.encoding[0].shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """The memory its tensors hold."""
+        return sum(int(value.nbytes) for value in self.encoding)
+
     def to_bytes(self) -> bytes:
         tensors = {name: value.contiguous() for name, value in self.encoding._asdict().items()}
         metadata = {"encoding": type(self.encoding).__name__, "n_prompts": str(self.n_prompts), "model": self.model_id}

@@ -2,8 +2,10 @@
 
 An upload is read by the ingest readers (storage.readers: nibabel for NIfTI, SimpleITK/GDCM for DICOM, so every
 transfer syntax ingest decodes, JPEG Lossless included), reoriented to RAS by their one rule; the scan then goes
-through the same preparation as training data (storage.preparation). Decoding is bounded: a gzip stream or zip
-entry may expand to at most `max_bytes` (a decompression bomb is refused while it inflates, not after), zip entries
+through the same preparation as training data (storage.preparation). Decoding is bounded by the request's `Budget`
+(promptseg.inference.budget): a NIfTI's declared size is charged from its header before its voxels inflate, and a
+gzip stream inflates in bounded chunks up to that size only (a decompression bomb never inflates past it); a DICOM
+series' rows, columns and frames are charged from its instances' headers before any pixel is decoded; zip entries
 with absolute paths or `..` components are refused, and every problem raises `InvalidInput` naming the upload. The
 readers take files, so the upload is written to a private temporary folder under names of our own (never the
 archive's) and removed as soon as it is read. A DICOM series is ordered by position along the slice normal, never
@@ -30,6 +32,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from promptseg.inference.budget import Budget
 from promptseg.inference.errors import InvalidInput
 from storage.errors import RawDataError
 from storage.readers import read_volume as read_scan
@@ -37,8 +40,15 @@ from storage.readers.base import Volume as Scan
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
-MAX_VOLUME_BYTES = 1 << 30
-MAX_VOXELS = 1024 * 1024 * 512
+INFLATE_CHUNK = 1 << 20
+SEG_SOURCE_ATTRIBUTES = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "FrameOfReferenceUID",
+)
+NIFTI2_HEADER_BYTES = 540
 NIFTI_MAGIC = (b"n+1\x00", b"n+2\x00")
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
@@ -72,32 +82,56 @@ class Volume:
 
 def _read_file(name: str, path: Path) -> Scan:
     try:
-        scan = read_scan(path)
+        return read_scan(path)
     except RawDataError as error:
         raise InvalidInput(name, error.problem) from error
-    if scan.array.size > MAX_VOXELS:
-        raise InvalidInput(name, f"volume of shape {scan.array.shape} exceeds {MAX_VOXELS} voxels")
-    return scan
 
 
-def _inflate(name: str, data: bytes, max_bytes: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=31)
+def _inflate_prefix(name: str, data: bytes, size: int) -> bytes:
+    """At most the first `size` bytes a gzip stream inflates to, inflated in bounded chunks (a decompression bomb
+    never inflates past `size`)."""
+    inflater, out, pending = zlib.decompressobj(wbits=31), bytearray(), data
     try:
-        raw = inflater.decompress(data, max_bytes + 1)
+        while len(out) < size and not inflater.eof:
+            chunk = inflater.decompress(pending, min(INFLATE_CHUNK, size - len(out)))
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                raise InvalidInput(name, "truncated gzip stream")
+            out += chunk
     except zlib.error as error:
         raise InvalidInput(name, f"corrupt gzip stream ({error})") from error
-    if len(raw) > max_bytes:
-        raise InvalidInput(name, f"decompresses beyond {max_bytes} bytes (refused as a decompression bomb)")
-    if not inflater.eof:
-        raise InvalidInput(name, "truncated gzip stream")
-    return raw
+    return bytes(out)
 
 
-def read_nifti(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
-    raw = _inflate(name, data, max_bytes) if data.startswith(GZIP_MAGIC) else data
+def _nifti_header(name: str, head: bytes) -> nib.Nifti1Header:
+    """The NIfTI-1 or NIfTI-2 header at the start of `head`."""
+    kind = nib.Nifti2Header if head[4:8] in NIFTI_MAGIC else nib.Nifti1Header
+    try:
+        return kind.from_fileobj(io.BytesIO(head))
+    except Exception as error:
+        raise InvalidInput(name, f"not a readable NIfTI header ({error})") from error
+
+
+def read_nifti(name: str, data: bytes, budget: Budget | None = None) -> Volume:
+    """A NIfTI volume (gzipped or not). Its header's declared size is charged to `budget` before the voxel data
+    is inflated, and the file must hold that much data (a header-only file is refused, not allocated)."""
+    budget = budget or Budget()
+    packed = data.startswith(GZIP_MAGIC)
+    header = _nifti_header(name, _inflate_prefix(name, data, NIFTI2_HEADER_BYTES) if packed else data)
+    shape, itemsize = header.get_data_shape(), header.get_data_dtype().itemsize
+    if not shape or 0 in shape:
+        raise InvalidInput(name, f"the volume is empty (shape {shape})")
+    budget.charge_volume(name, shape, itemsize)
+    offset, voxel_bytes = int(header.get_data_offset()), int(np.prod(shape)) * itemsize
+    raw = _inflate_prefix(name, data, offset + voxel_bytes) if packed else data[: offset + voxel_bytes]
+    if len(raw) < offset + voxel_bytes:
+        raise InvalidInput(
+            name, f"holds {max(len(raw) - offset, 0)} bytes of voxels where its header declares {voxel_bytes}"
+        )
     with tempfile.TemporaryDirectory(prefix="promptseg-upload-") as folder:
         path = Path(folder) / "volume.nii"
         path.write_bytes(raw)
+        del raw
         scan = _read_file(name, path)
         image = nib.load(str(path))
         header, affine = image.header.copy(), image.affine
@@ -130,19 +164,25 @@ def _read_entry(name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, budg
     return data
 
 
-def read_dicom_zip(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
-    """One DICOM series from a zip of its instance files (a DICOMDIR is skipped), read by the ingest reader."""
+def read_dicom_zip(name: str, data: bytes, budget: Budget | None = None, for_seg: bool = False) -> Volume:
+    """One DICOM series from a zip of its instance files (a DICOMDIR is skipped), read by the ingest reader once
+    the instances' rows, columns and frames are charged to `budget` (and, `for_seg`, once every instance holds what
+    a DICOM SEG must reference)."""
+    budget = budget or Budget()
     with tempfile.TemporaryDirectory(prefix="promptseg-upload-") as folder:
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
-            budget = max_bytes
-            for number, info in enumerate(_safe_entries(name, archive, max_bytes)):
-                raw = _read_entry(name, archive, info, budget)
-                budget -= len(raw)
+            left = budget.remaining_bytes()
+            for number, info in enumerate(_safe_entries(name, archive, left)):
+                raw = _read_entry(name, archive, info, left)
+                left -= len(raw)
                 (Path(folder) / f"{number:06d}.dcm").write_bytes(raw)
         except (zipfile.BadZipFile, EOFError, zlib.error) as error:
             raise InvalidInput(name, f"not a readable zip (truncated or corrupt: {error})") from error
-        _drop_dicomdir(Path(folder))
+        headers = _instance_headers(Path(folder))
+        _charge_instances(name, headers, budget)
+        if for_seg:
+            _check_seg_source(name, headers)
         scan = _read_file(name, Path(folder))
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0])
@@ -150,22 +190,59 @@ def read_dicom_zip(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) ->
     return Volume(name, scan, "dicom", datasets=datasets)
 
 
-def _drop_dicomdir(folder: Path) -> None:
-    for path in folder.iterdir():
+def _instance_headers(folder: Path) -> list[pydicom.Dataset]:
+    """The headers of the DICOM files in `folder` (a DICOMDIR is deleted; a file that is not DICOM is left for the
+    reader to name)."""
+    headers = []
+    for path in sorted(folder.iterdir()):
         try:
-            sop_class = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID
-        except Exception:  # not DICOM at all: the reader names the problem
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
             continue
-        if sop_class == DICOMDIR_CLASS:
+        if header.get("SOPClassUID") == DICOMDIR_CLASS:
             path.unlink()
+        else:
+            headers.append(header)
+    return headers
 
 
-def read_volume(name: str, data: bytes, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
+def _check_seg_source(name: str, headers: list[pydicom.Dataset]) -> None:
+    """Refuse a series a DICOM SEG cannot reference (an instance lacking an attribute the SEG must point to)."""
+    for index, header in enumerate(headers):
+        missing = [keyword for keyword in SEG_SOURCE_ATTRIBUTES if not header.get(keyword)]
+        if missing:
+            raise InvalidInput(
+                name,
+                f"instance {index} lacks {', '.join(missing)}, which a DICOM SEG must reference: ask for "
+                "volume_format=npy",
+            )
+
+
+def _charge_instances(name: str, headers: list[pydicom.Dataset], budget: Budget) -> None:
+    """Charge the instances' declared pixels (rows × columns × frames) to `budget`."""
+    rows = columns = frames = itemsize = 0
+    for header in headers:
+        rows, columns = max(rows, int(header.get("Rows", 0))), max(columns, int(header.get("Columns", 0)))
+        frames += int(header.get("NumberOfFrames", 1) or 1)
+        itemsize = max(itemsize, int(header.get("BitsAllocated", 16)) // 8)
+    budget.charge_volume(name, (columns, rows, frames), max(itemsize, 1))
+
+
+def volume_kind(name: str, data: bytes) -> str:
+    """ "dicom" (a zip) or "nifti", from the upload's first bytes."""
     if data.startswith(ZIP_MAGIC):
-        return read_dicom_zip(name, data, max_bytes)
-    if data.startswith(GZIP_MAGIC) or data[344:348] in NIFTI_MAGIC:
-        return read_nifti(name, data, max_bytes)
+        return "dicom"
+    if data.startswith(GZIP_MAGIC) or data[344:348] in NIFTI_MAGIC or data[4:8] in NIFTI_MAGIC:
+        return "nifti"
     raise InvalidInput(name, "not a NIfTI volume (.nii, .nii.gz) or a zipped DICOM series")
+
+
+def read_volume(name: str, data: bytes, budget: Budget | None = None, for_seg: bool = False) -> Volume:
+    """A NIfTI volume or a zipped DICOM series, charged to `budget` (a default one when none is given); `for_seg`:
+    a series is refused before its pixels are decoded when a DICOM SEG could not reference it."""
+    if volume_kind(name, data) == "dicom":
+        return read_dicom_zip(name, data, budget, for_seg)
+    return read_nifti(name, data, budget)
 
 
 def nifti_bytes(labels: np.ndarray, source: Volume) -> bytes:
@@ -264,17 +341,18 @@ def _seg_labels(data: bytes, source: Volume) -> np.ndarray:
     return lookup[numbers].transpose(2, 1, 0)
 
 
-def read_label_upload(name: str, data: bytes, source: Volume, max_bytes: int = MAX_VOLUME_BYTES) -> np.ndarray:
+def read_label_upload(name: str, data: bytes, source: Volume, budget: Budget | None = None) -> np.ndarray:
     """An uploaded label volume on `source`'s grid as integer labels in RAS order: NIfTI, a zipped DICOM series, or
     a DICOM SEG referencing `source`'s instances."""
     if data[128:132] == b"DICM":
         if source.kind != "dicom":
             raise InvalidInput(name, "a DICOM SEG label volume needs a DICOM series as its scan")
+        (budget or Budget()).charge_volume(name, source.scan.array.shape, 1)
         try:
             return source.scan.in_ras_order(_seg_labels(data, source))
         except Exception as error:
             raise InvalidInput(name, f"not a DICOM SEG of the scan's series ({error})") from error
-    labels = read_volume(name, data, max_bytes).scan.array
+    labels = read_volume(name, data, budget).scan.array
     if labels.shape != source.scan.array.shape:
         raise InvalidInput(
             name, f"label volume of shape {labels.shape} is not on the scan's grid {source.scan.array.shape}"

@@ -5,7 +5,8 @@ Prometheus text on the node's metrics port (the targets Ray writes for Prometheu
 `ray_promptseg_*`, one series per replica. This reads every alive node's agent, keeps the application's series and
 sums them over replicas and nodes under their own names (`promptseg_*`, only the metrics' own labels). Values lag
 the requests by up to Ray's metrics report interval (`RAY_metrics_report_interval_ms`, 10 s by default), and a
-replica that stopped drops out once its agent forgets it.
+replica that stopped drops out once its agent forgets it. Ray derives a histogram's `_sum` from its buckets'
+midpoints, so exact totals are counters; a gauge must be set again within two report intervals or it is dropped.
 """
 
 from __future__ import annotations

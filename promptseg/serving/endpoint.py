@@ -19,6 +19,7 @@ answers and the API-key header as a security scheme.
 """
 
 import asyncio
+import os
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from promptseg.inference.budget import OverBudget
 from promptseg.inference.errors import InvalidInput
 from promptseg.serving import gateway as serve_gateway
 from promptseg.serving.api_models import (
@@ -94,6 +96,10 @@ def _audit(request: Request) -> dict[str, object]:
 
 @api.exception_handler(InvalidInput)
 async def _invalid_input(request: Request, error: InvalidInput) -> JSONResponse:
+    """Bad input: 422 `invalid_input`; input within the body limit but over the request's decoding budget: 413
+    `over_budget`."""
+    if isinstance(error, OverBudget):
+        return _problem(request, 413, "over_budget", error.problem, error.file)
     return _problem(request, 422, "invalid_input", error.problem, error.file)
 
 
@@ -171,14 +177,21 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi
 
 
-@serve.deployment
+def _health_check_period_s() -> float:
+    """How often Serve checks a replica, which re-sets its model-info gauge: Ray's metrics agent drops a gauge not
+    set again within two report intervals (`RAY_metrics_report_interval_ms`, 10 s by default), so once per
+    interval."""
+    return max(float(os.environ.get("RAY_metrics_report_interval_ms", "10000")), 1000.0) / 1000  # noqa: SIM112
+
+
+@serve.deployment(health_check_period_s=_health_check_period_s())
 @serve.ingress(api)
 class PromptSegEndpoint:
     def __init__(self, tracking_uri: str, model_name: str, alias: str, options: ServeOptions) -> None:
         settings = options.settings
         self.model = ServedModel(tracking_uri, model_name, alias, settings.state_file, 16)
-        self.tasks = ServedTasks(settings.tasks_dir, settings.cache_size)
-        self.service = SegmentationService(self.model, self.tasks, int(settings.max_volume_mb * 2**20))
+        self.tasks = ServedTasks(settings.tasks_dir, int(settings.cache_mb * 2**20))
+        self.service = SegmentationService(self.model, self.tasks, settings.limits)
         self.service.configure_batching(settings.max_batch_size, settings.batch_wait_ms / 1e3)
         store = JobStore(settings.jobs_dir, settings.job_retention_s, settings.job_stale_s)
         self.jobs = JobRunner(store, self.service, settings.jobs_per_replica)
@@ -191,14 +204,13 @@ class PromptSegEndpoint:
         """Set the model-info gauge to the version this replica serves now (after catching up with a reload)."""
         serving = self.model.current()
         served = (serving.model.name, serving.version)
-        if served != self._reported:
-            if self._reported is not None:
-                serve_gateway.MODEL.labels(*self._reported).set(0)
-            serve_gateway.MODEL.labels(*served).set(1)
-            self._reported = served
+        if self._reported is not None and served != self._reported:
+            serve_gateway.MODEL.labels(*self._reported).set(0)
+        serve_gateway.MODEL.labels(*served).set(1)  # set again every time: Ray drops a gauge left unset too long
+        self._reported = served
 
     def check_health(self) -> None:
-        """Serve's periodic replica check: keeps the model-info gauge on the version served."""
+        """Serve's periodic replica check: sets the model-info gauge again (see `_health_check_period_s`)."""
         self._report_model()
 
     @api.get("/healthz", responses=_problems())
@@ -243,7 +255,7 @@ class PromptSegEndpoint:
     async def create_task(self, request: Request, form: Annotated[TaskForm, Form(media_type=MULTIPART)]) -> TaskInfo:
         """Register prompt pairs (images and masks, PNG or NPY) once; the id is a hash of their content, so the same
         prompts give the same task. Segment against it with `task_id`."""
-        return await self.service.create_task(form.request(), await form.prompts(), _audit(request))
+        return await self.service.create_task(form.request(), form.files(), _audit(request))
 
     @api.post(
         "/v1/tasks/from-volume",

@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from promptseg.inference.errors import InvalidInput
 
 MAX_LABEL = 65535
+MAX_WINDOW = 1e5  # Hounsfield units run from -1024 to a few thousand; wider is a mistake (or an attack)
 
 
 def _comma_text(value: object) -> str | None:
@@ -38,7 +39,7 @@ def _parse_labels(value: object) -> list[int] | None:
 
 
 def _parse_window(value: object) -> tuple[float, float] | None:
-    """A CT window from "low,high" (or a pair), low below high; None when empty."""
+    """A CT window from "low,high" (or a pair): finite, within ±MAX_WINDOW, low below high; None when empty."""
     text = _comma_text(value)
     if text is None:
         return None
@@ -46,8 +47,10 @@ def _parse_window(value: object) -> tuple[float, float] | None:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise InvalidInput("window", f"a window is 'low,high', got {text!r}") from None
-    if not low < high:
-        raise InvalidInput("window", f"the window's low must be below its high, got {low}, {high}")
+    if not -MAX_WINDOW <= low < high <= MAX_WINDOW:
+        raise InvalidInput(
+            "window", f"a window is two finite numbers in -{MAX_WINDOW:g}..{MAX_WINDOW:g}, low below high, got {text!r}"
+        )
     return low, high
 
 

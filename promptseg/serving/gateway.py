@@ -107,7 +107,8 @@ CACHE = ServeMetric(metrics.Counter, "promptseg_task_cache", "Task-encoding cach
 MODEL = ServeMetric(
     metrics.Gauge, "promptseg_model_info", "Replicas serving this model version (1 per replica)", ("name", "version")
 )
-METRICS = (REQUESTS, LATENCY, QUERIES, BATCH, CACHE, MODEL)
+BATCHED = ServeMetric(metrics.Counter, "promptseg_batched_requests", "Requests served by serve.batch calls")
+METRICS = (REQUESTS, LATENCY, QUERIES, BATCH, BATCHED, CACHE, MODEL)
 
 
 def key_digest(api_key: str) -> str:

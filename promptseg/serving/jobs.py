@@ -24,7 +24,7 @@ from promptseg.serving.job_store import FINISHED, HEARTBEAT_S, JobRecord, JobSto
 from promptseg.serving.responses import segment_response
 from promptseg.serving.segmentation import SegmentationService
 from promptseg.serving.served_tasks import UnknownTask
-from promptseg.serving.uploads import SegmentFiles
+from promptseg.serving.uploads import PromptFiles, SegmentFiles
 
 logger = logging.getLogger(__name__)
 UPLOAD_FIELDS = ("volume", "queries", "prompt_images", "prompt_masks")
@@ -119,7 +119,8 @@ class JobRunner:
                 content = stack.enter_context(self.store.upload_path(job_id, index).open("rb"))
                 uploads[field].append(UploadFile(content, filename=name))
             volume = uploads["volume"][0] if uploads["volume"] else None
-            files = SegmentFiles(uploads["queries"], volume, uploads["prompt_images"], uploads["prompt_masks"])
+            prompts = PromptFiles(uploads["prompt_images"], uploads["prompt_masks"])
+            files = SegmentFiles(uploads["queries"], volume, prompts)
             outcome = await self.service.segment(request, files, {"job_id": job_id})
         return await segment_response(outcome, request_id)
 
@@ -129,7 +130,7 @@ def _named_uploads(files: SegmentFiles) -> list[tuple[str, UploadFile]]:
     fields = {
         "volume": [files.volume] if files.volume is not None else [],
         "queries": files.queries,
-        "prompt_images": files.prompt_images,
-        "prompt_masks": files.prompt_masks,
+        "prompt_images": files.prompts.images,
+        "prompt_masks": files.prompts.masks,
     }
     return [(field, upload) for field in UPLOAD_FIELDS for upload in fields[field]]

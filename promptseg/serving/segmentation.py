@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray import serve
 
+from promptseg.inference.budget import Budget, Limits
 from promptseg.inference.errors import InvalidInput
 from promptseg.inference.predictor import (
     MODEL_GRID,
@@ -32,12 +33,12 @@ from promptseg.inference.predictor import (
     intensity_recipe,
 )
 from promptseg.inference.propagation import label_values, volume_prompts
-from promptseg.inference.volume_io import Volume
+from promptseg.inference.volume_io import Volume, read_volume, volume_kind
 from promptseg.serving import gateway as serve_gateway
 from promptseg.serving.api_models import SegmentRequest, TaskInfo, TaskRequest, VolumeTaskRequest
 from promptseg.serving.served_model import ServedModel, Serving
 from promptseg.serving.served_tasks import ServedTasks, StoredTask, TaskHeader
-from promptseg.serving.uploads import Prompts, SegmentFiles, VolumeTaskFiles
+from promptseg.serving.uploads import PromptFiles, Prompts, SegmentFiles, VolumeTaskFiles
 from promptseg.serving.volume_parts import (
     Groups,
     PreparedSlices,
@@ -123,16 +124,27 @@ class Segmented:
 class SegmentationService:
     """Tasks and segmentation against the version `model` serves; `tasks` is the replica's task folder and cache."""
 
-    def __init__(self, model: ServedModel, tasks: ServedTasks, max_volume_bytes: int) -> None:
-        self.model, self.tasks, self.max_volume_bytes = model, tasks, max_volume_bytes
+    def __init__(self, model: ServedModel, tasks: ServedTasks, limits: Limits) -> None:
+        self.model, self.tasks, self.limits = model, tasks, limits
 
     def configure_batching(self, max_batch_size: int, batch_wait_s: float) -> None:
         self._run_jobs.set_max_batch_size(max_batch_size)
         self._run_jobs.set_batch_wait_timeout_s(batch_wait_s)
 
-    async def create_task(self, request: TaskRequest, prompts: Prompts, audit: dict[str, object]) -> TaskInfo:
-        """Encode the prompts (so bad ones are refused), then store them as a task and cache the encodings."""
+    def _budget(self, files: int, labels: list[int] | None) -> Budget:
+        """A new request's decoding budget, charged with its files and label values (before any is read)."""
+        budget = Budget(self.limits)
+        budget.count_files("files", files)
+        budget.count_labels("labels", len(labels or ()))
+        return budget
+
+    async def create_task(self, request: TaskRequest, files: PromptFiles, audit: dict[str, object]) -> TaskInfo:
+        """Decode and encode the prompts (so bad ones are refused), then store them as a task and cache the
+        encodings."""
         serving = self.model.current()
+        files.check_count(serving.predictor.n_max)
+        budget = self._budget(len(files.images) + len(files.masks), request.labels)
+        prompts = await files.prompts(request.labels, budget)
         intensity = intensity_recipe(
             request.modality, request.window, model_window=serving.preparation.get("ct_window")
         )
@@ -144,8 +156,9 @@ class SegmentationService:
     ) -> TaskInfo:
         """Prompt pairs cut from an annotated volume (promptseg.inference.propagation), registered as a task."""
         serving = self.model.current()
-        volume = await files.read_volume(self.max_volume_bytes)
-        labels = await files.read_labels(volume, self.max_volume_bytes)
+        budget = self._budget(2, request.labels)
+        volume = await files.read_volume(budget)
+        labels = await files.read_labels(volume, budget)
         axis = volume.default_axis if request.axis is None else request.axis
         intensity = intensity_recipe(
             request.modality,
@@ -154,6 +167,7 @@ class SegmentationService:
             model_window=serving.preparation.get("ct_window"),
         )
         values = label_values(labels, request.labels)
+        budget.count_labels("label_volume", len(values))
         axes = [0, 1, 2] if request.all_axes else [axis]
         n_max, annotated = serving.predictor.n_max, request.annotated or ()
         cuts = [
@@ -278,19 +292,23 @@ class SegmentationService:
     async def _decode(self, request: SegmentRequest, files: SegmentFiles) -> _Inputs:
         """The inline prompts (or the registered task's recipe, its label values checked), then the queries."""
         inputs = _Inputs()
+        budget = self._budget(files.count, request.labels)
         if request.task_id is None:
-            inputs.prompts = await files.prompts(request.labels)
+            files.prompts.check_count(self.model.current().predictor.n_max)
+            inputs.prompts = await files.prompts.prompts(request.labels, budget)
         else:
             inputs.task_intensity, header = self.tasks.describe(request.task_id)
             inputs.names = header.names
             if request.labels is not None and not set(request.labels) <= set(header.labels):
                 raise InvalidInput("labels", f"the task has labels {header.labels}, not {request.labels}")
         if files.volume is not None:
-            inputs.volume = await files.read_volume(self.max_volume_bytes)
+            name, data = await files.volume_upload()
+            inputs.volume_format = _volume_format(request, volume_kind(name, data))
+            for_seg = inputs.volume_format == "dicom-seg"
+            inputs.volume = await asyncio.to_thread(read_volume, name, data, budget, for_seg)
             inputs.axis = inputs.volume.default_axis if request.axis is None else request.axis
-            inputs.volume_format = _volume_format(request, inputs.volume)
         else:
-            inputs.queries = await files.query_images()
+            inputs.queries = await files.query_images(budget)
         return inputs
 
     def _task_encodings(self, serving: Serving, task_id: str, ensemble: int) -> Groups:
@@ -315,18 +333,27 @@ class SegmentationService:
     async def _run_jobs(self, jobs: list[SegmentJob]) -> list[LabelMaps | Exception]:
         """Jobs of concurrent requests: those with the same batch key go through the network together."""
         serve_gateway.BATCH.observe(len(jobs))
+        serve_gateway.BATCHED.inc(len(jobs))
         groups: dict[Hashable, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.batch_key, []).append(index)
         results: list[LabelMaps | Exception] = [None] * len(jobs)  # type: ignore[list-item]
         for indices in groups.values():
-            try:
-                outputs = await asyncio.to_thread(_run_group, [jobs[i] for i in indices])
-            except Exception as error:  # handed back to the request it belongs to
-                outputs = [error] * len(indices)
+            outputs = await run_isolated([jobs[i] for i in indices])
             for index, output in zip(indices, outputs, strict=True):
                 results[index] = output
         return results
+
+
+async def run_isolated(jobs: list[SegmentJob]) -> list[LabelMaps | Exception]:
+    """The jobs' results through one forward pass; if that fails, each job alone, so an error goes back only to
+    the request whose slices caused it and the others are answered."""
+    try:
+        return await asyncio.to_thread(_run_group, jobs)
+    except Exception as error:
+        if len(jobs) == 1:
+            return [error]
+    return [output for job in jobs for output in await run_isolated([job])]
 
 
 def _task_info(header: TaskHeader) -> TaskInfo:
@@ -342,9 +369,10 @@ def _task_info(header: TaskHeader) -> TaskInfo:
     )
 
 
-def _volume_format(request: SegmentRequest, volume: Volume) -> str:
-    """The requested result format, by default the input's own (DICOM SEG for DICOM, NIfTI for NIfTI)."""
-    volume_format = request.volume_format or ("dicom-seg" if volume.kind == "dicom" else "nifti")
-    if (volume_format, volume.kind) in {("dicom-seg", "nifti"), ("nifti", "dicom")}:
+def _volume_format(request: SegmentRequest, kind: str) -> str:
+    """The requested result format, by default the input's own (DICOM SEG for DICOM, NIfTI for NIfTI), checked
+    against the input's kind before it is decoded."""
+    volume_format = request.volume_format or ("dicom-seg" if kind == "dicom" else "nifti")
+    if (volume_format, kind) in {("dicom-seg", "nifti"), ("nifti", "dicom")}:
         raise InvalidInput("volume_format", f"{volume_format} output needs {volume_format[:5]} input")
     return volume_format

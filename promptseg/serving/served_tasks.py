@@ -115,14 +115,26 @@ def _axes(data: np.lib.npyio.NpzFile) -> tuple[list[int] | None, dict[int, tuple
     return [int(a) for a in data["prompt_axes"]], spacing
 
 
+def encoding_bytes(encoding: object) -> int:
+    """The memory an encoding holds: its arrays' and tensors' `nbytes`, through dicts, lists and tuples (a string
+    counts its length)."""
+    if isinstance(encoding, dict):
+        return sum(encoding_bytes(value) for value in encoding.values())
+    if isinstance(encoding, list | tuple):
+        return sum(encoding_bytes(value) for value in encoding)
+    if isinstance(encoding, str | bytes):
+        return len(encoding)
+    return int(getattr(encoding, "nbytes", 0))
+
+
 class ServedTasks:
     """The durable task folder and the encoding cache of one replica."""
 
-    def __init__(self, folder: Path, cache_size: int = 128) -> None:
+    def __init__(self, folder: Path, cache_bytes: int = 256 << 20) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.cache_size = cache_size
-        self._encodings: OrderedDict[tuple[str, str, int], object] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self._encodings: OrderedDict[tuple[str, str, int], tuple[object, int]] = OrderedDict()
 
     def _path(self, task_id: str) -> Path:
         if not TASK_ID.match(task_id):
@@ -233,10 +245,10 @@ class ServedTasks:
         key = (task_id, model_version, ensemble)
         if key in self._encodings:
             self._encodings.move_to_end(key)
-            return self._encodings[key]
+            return self._encodings[key][0]
         encoding = encode(self.get(task_id))
-        self._encodings[key] = encoding
-        while len(self._encodings) > self.cache_size:
+        self._encodings[key] = encoding, encoding_bytes(encoding)
+        while sum(size for _, size in self._encodings.values()) > self.cache_bytes and len(self._encodings) > 1:
             self._encodings.popitem(last=False)
         return encoding
 

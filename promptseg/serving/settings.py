@@ -1,6 +1,6 @@
 """The serving stage's settings: `PROMPTSEG_SERVE_*` variables (bind address, replicas and their resources,
-request limits, batching, the task-encoding cache, the API key, segmentation jobs) and the workspace folders every
-replica shares.
+request limits and per-request decoding budgets, batching, the task-encoding cache, the API key, segmentation jobs)
+and the workspace folders every replica shares.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from promptseg.inference.budget import Limits
 
 
 class ServeSettings(BaseSettings):
@@ -26,11 +28,24 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = 8
     batch_wait_ms: float = 2.0
     max_body_mb: float = 256.0
-    max_volume_mb: float = 1024.0
-    cache_size: int = 128
+    max_files: int = Field(256, ge=1, description="files one request may carry")
+    max_decoded_mb: float = Field(
+        1024.0, gt=0, description="bytes one request's files may decode to (pixels and their float32 copy)"
+    )
+    max_pixels: int = Field(128 << 20, ge=1, description="pixels and voxels over all files of one request")
+    max_slices: int = Field(2048, ge=1, description="slices along any axis of one volume")
+    max_labels: int = Field(32, ge=1, description="label values one request may segment or register")
+    cache_mb: float = Field(256.0, gt=0, description="memory of the task encodings a replica keeps (LRU)")
     jobs_per_replica: int = Field(2, ge=1, description="jobs a replica runs at once; later ones wait queued")
     job_retention_s: float = Field(86400.0, gt=0, description="finished jobs older than this are deleted")
     job_stale_s: float = Field(120.0, gt=0, description="an unfinished job without a heartbeat this long has failed")
+
+    @property
+    def limits(self) -> Limits:
+        """The per-request decoding budget's limits."""
+        return Limits(
+            self.max_files, int(self.max_decoded_mb * 2**20), self.max_pixels, self.max_slices, self.max_labels
+        )
 
     @property
     def tasks_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """The multipart bodies of POST /v1/tasks, /v1/tasks/from-volume and /v1/segment (their `api_models` request plus
 the files) and the reading of the uploaded files into arrays: 2D images, prompt masks by label value, a volume and
-its label volume. Every problem raises
-`InvalidInput` naming the file.
+its label volume, each charged to the request's `Budget` (promptseg.inference.budget) from its header before its
+pixels are decoded. Every problem raises `InvalidInput` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import UploadFile
 from pydantic import ConfigDict, Field, model_validator
 
+from promptseg.inference.budget import Budget
 from promptseg.inference.errors import InvalidInput
 from promptseg.inference.image_io import decode_image, label_masks
 from promptseg.inference.volume_io import Volume, read_label_upload, read_volume
@@ -26,10 +27,10 @@ async def _read(upload: UploadFile, name: str) -> bytes:
     return data
 
 
-async def read_images(files: list[UploadFile], field: str) -> list[tuple[str, np.ndarray]]:
+async def read_images(files: list[UploadFile], field: str, budget: Budget) -> list[tuple[str, np.ndarray]]:
     """(name, array) of each uploaded 2D image, named `field[index] file name`."""
     named = [(f"{field}[{i}] {f.filename}", f) for i, f in enumerate(files)]
-    return [(name, decode_image(name, await _read(upload, name))) for name, upload in named]
+    return [(name, decode_image(name, await _read(upload, name), budget)) for name, upload in named]
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,28 @@ class Prompts:
         return {str(label): masks for label, masks in self.masks.items()}
 
 
-async def read_prompts(images: list[UploadFile], masks: list[UploadFile], labels: list[int] | None) -> Prompts:
-    """Prompt pairs; with `labels`, each mask is a label map split into one binary mask per wanted value."""
-    arrays = [array for _, array in await read_images(images, "prompt_images")]
-    by_label: dict[int, list[np.ndarray]] = {}
-    for name, array in await read_images(masks, "prompt_masks"):
-        for label, mask in label_masks(name, array, labels).items():
-            by_label.setdefault(label, []).append(mask)
-    return Prompts(arrays, by_label)
+@dataclass(frozen=True)
+class PromptFiles:
+    """Uploaded prompt pairs: images and their masks, in order."""
+
+    images: list[UploadFile]
+    masks: list[UploadFile]
+
+    def check_count(self, n_max: int) -> None:
+        """Refuse more pairs than the model reads (`n_max`), or unpaired files, before any is decoded."""
+        if len(self.images) > n_max:
+            raise InvalidInput("prompt_images", f"at most {n_max} prompts, got {len(self.images)}")
+        if len(self.images) != len(self.masks):
+            raise InvalidInput("prompt_masks", f"{len(self.masks)} masks for {len(self.images)} prompt images")
+
+    async def prompts(self, labels: list[int] | None, budget: Budget) -> Prompts:
+        """Prompt pairs; with `labels`, each mask is a label map split into one binary mask per wanted value."""
+        arrays = [array for _, array in await read_images(self.images, "prompt_images", budget)]
+        by_label: dict[int, list[np.ndarray]] = {}
+        for name, array in await read_images(self.masks, "prompt_masks", budget):
+            for label, mask in label_masks(name, array, labels).items():
+                by_label.setdefault(label, []).append(mask)
+        return Prompts(arrays, by_label)
 
 
 class TaskForm(TaskRequest):
@@ -65,8 +80,8 @@ class TaskForm(TaskRequest):
     def request(self) -> TaskRequest:
         return TaskRequest(**self.model_dump(include=set(TaskRequest.model_fields)))
 
-    async def prompts(self) -> Prompts:
-        return await read_prompts(self.prompt_images, self.prompt_masks, self.labels)
+    def files(self) -> PromptFiles:
+        return PromptFiles(self.prompt_images, self.prompt_masks)
 
 
 @dataclass(frozen=True)
@@ -75,18 +90,19 @@ class SegmentFiles:
 
     queries: list[UploadFile]
     volume: UploadFile | None
-    prompt_images: list[UploadFile]
-    prompt_masks: list[UploadFile]
+    prompts: PromptFiles
 
-    async def prompts(self, labels: list[int] | None) -> Prompts:
-        return await read_prompts(self.prompt_images, self.prompt_masks, labels)
+    @property
+    def count(self) -> int:
+        return len(self.queries) + (self.volume is not None) + len(self.prompts.images) + len(self.prompts.masks)
 
-    async def query_images(self) -> list[tuple[str, np.ndarray]]:
-        return await read_images(self.queries, "queries")
+    async def query_images(self, budget: Budget) -> list[tuple[str, np.ndarray]]:
+        return await read_images(self.queries, "queries", budget)
 
-    async def read_volume(self, max_bytes: int) -> Volume:
-        """The uploaded volume (NIfTI, or a zip of one DICOM series), refused beyond `max_bytes` decoded."""
-        return await _read_volume(self.volume, max_bytes)
+    async def volume_upload(self) -> tuple[str, bytes]:
+        """The uploaded volume's name and bytes (NIfTI, or a zip of one DICOM series)."""
+        name = f"volume {self.volume.filename}"
+        return name, await _read(self.volume, name)
 
 
 class SegmentForm(SegmentRequest):
@@ -114,12 +130,14 @@ class SegmentForm(SegmentRequest):
         return SegmentRequest(**self.model_dump(include=set(SegmentRequest.model_fields)))
 
     def files(self) -> SegmentFiles:
-        return SegmentFiles(self.queries or [], self.volume, self.prompt_images or [], self.prompt_masks or [])
+        return SegmentFiles(
+            self.queries or [], self.volume, PromptFiles(self.prompt_images or [], self.prompt_masks or [])
+        )
 
 
-async def _read_volume(upload: UploadFile, max_bytes: int) -> Volume:
+async def _read_volume(upload: UploadFile, budget: Budget) -> Volume:
     name = f"volume {upload.filename}"
-    return await asyncio.to_thread(read_volume, name, await _read(upload, name), max_bytes)
+    return await asyncio.to_thread(read_volume, name, await _read(upload, name), budget)
 
 
 @dataclass(frozen=True)
@@ -129,13 +147,13 @@ class VolumeTaskFiles:
     volume: UploadFile
     label_volume: UploadFile
 
-    async def read_volume(self, max_bytes: int) -> Volume:
-        return await _read_volume(self.volume, max_bytes)
+    async def read_volume(self, budget: Budget) -> Volume:
+        return await _read_volume(self.volume, budget)
 
-    async def read_labels(self, volume: Volume, max_bytes: int) -> np.ndarray:
+    async def read_labels(self, volume: Volume, budget: Budget) -> np.ndarray:
         name = f"label_volume {self.label_volume.filename}"
         data = await _read(self.label_volume, name)
-        return await asyncio.to_thread(read_label_upload, name, data, volume, max_bytes)
+        return await asyncio.to_thread(read_label_upload, name, data, volume, budget)
 
 
 class VolumeTaskForm(VolumeTaskRequest):

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 import zipfile
 from pathlib import Path
 
 import httpx
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 from PIL import Image
+from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -116,6 +120,34 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _nifti_header(shape: tuple[int, ...], dtype: type) -> bytes:
+    """A NIfTI-1 file's header and extension flag only: no voxels."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_data_offset(352)
+    return header.binaryblock + bytes(4)
+
+
+def _dicom_zip(without: str) -> bytes:
+    """A zipped 4-slice DICOM series whose instances lack the attribute `without`."""
+    entries, series = {}, {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid()}
+    for index in range(4):
+        image = sitk.GetImageFromArray(np.zeros((1, 16, 16), np.int16))
+        image.SetOrigin((0.0, 0.0, 2.0 * index))
+        buffer = io.BytesIO()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "slice.dcm"
+            sitk.WriteImage(image, str(path))
+            dataset = pydicom.dcmread(path)
+        for keyword, uid in series.items():
+            setattr(dataset, keyword, uid)
+        delattr(dataset, without)
+        dataset.save_as(buffer)
+        entries[f"{index}.dcm"] = buffer.getvalue()
+    return _zip(entries)
+
+
 def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str, str | None]]:
     """Every kind of bad input of issue 6: (multipart fields, error code, words the message must hold)."""
     image = ("p.png", http_files["images"][0].read_bytes())
@@ -130,7 +162,11 @@ def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str,
     np.lib.format.write_array_header_1_0(bomb_header, {"descr": "<f8", "fortran_order": False, "shape": (10**5,) * 2})
     nifti = nib.Nifti1Image(np.zeros((32, 32, 8), np.float32), np.eye(4))
     nifti_gz = gzip.compress(nifti.to_bytes())
-    gzip_bomb = gzip.compress(bytes(65 << 20), 9)  # inflates past the 64 MB volume limit of the test settings
+    gzip_of_zeros = gzip.compress(bytes(8 << 20), 9)  # no NIfTI header in it
+    # a header declaring 1024×1024×64 float32 voxels, then a few zeros: refused from the header, nothing inflated
+    bomb = gzip.compress(_nifti_header((1024, 1024, 64), np.float32) + bytes(1 << 20), 9)
+    header_only = _nifti_header((64, 64, 64), np.int16)  # a 352-byte file declaring 512 kB of voxels
+    query_files = {"queries": [query] * 257}  # over the 256 files a request may carry
     return {
         "missing prompt masks": ({"prompt_images": [image], "queries": [query]}, "invalid_input", "give a task_id"),
         "zero prompts and no task": ({"queries": [query]}, "invalid_input", "give a task_id"),
@@ -188,10 +224,40 @@ def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str,
             "invalid_input",
             "truncated",
         ),
-        "gzip decompression bomb": (
-            {**prompts, "volume": [("v.nii.gz", gzip_bomb)]},
+        "gzip without a NIfTI header": (
+            {**prompts, "volume": [("v.nii.gz", gzip_of_zeros)]},
             "invalid_input",
-            "decompression bomb",
+            "NIfTI header",
+        ),
+        "NIfTI decompression bomb": ({**prompts, "volume": [("v.nii.gz", bomb)]}, "over_budget", "over its limit"),
+        "header-only NIfTI": ({**prompts, "volume": [("v.nii", header_only)]}, "invalid_input", "header declares"),
+        "zero-size NPY query": (
+            {**prompts, "queries": [("z.npy", _npy(np.zeros((0, 64))))]},
+            "invalid_input",
+            "empty",
+        ),
+        "zero-size NPY prompt": (
+            {"prompt_images": [("z.npy", _npy(np.zeros((0, 64))))], "prompt_masks": [mask], "queries": [query]},
+            "invalid_input",
+            "empty",
+        ),
+        "infinite window": ({**prompts, "queries": [query], "window": "-inf,inf"}, "invalid_input", "finite"),
+        "overflowing window": ({**prompts, "queries": [query], "window": "-1e308,1e308"}, "invalid_input", "finite"),
+        "too many files": ({**prompts, **query_files}, "over_budget", "files"),
+        "too many labels": (
+            {**prompts, "queries": [query], "labels": ",".join(str(v) for v in range(1, 41))},
+            "over_budget",
+            "label values",
+        ),
+        "unpaired prompts": (
+            {"prompt_images": [image, image], "prompt_masks": [mask], "queries": [query]},
+            "invalid_input",
+            "masks for 2",
+        ),
+        "DICOM SEG of a series without a frame of reference": (
+            {**prompts, "volume": [("s.zip", _dicom_zip(without="FrameOfReferenceUID"))]},
+            "invalid_input",
+            "FrameOfReferenceUID",
         ),
         "2D NIfTI": (
             {**prompts, "volume": [("v.nii", nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)).to_bytes())]},
@@ -230,6 +296,13 @@ def test_every_bad_input_gets_a_typed_4xx_json_naming_the_problem(
         assert error["code"] == code and error["status"] == response.status_code, (name, error)
         if message:
             assert message in error["detail"] or message in error.get("file", ""), (name, error)
+    pair = [
+        (f, (p.name, p.read_bytes()))
+        for f, p in (("prompt_images", http_files["images"][0]), ("prompt_masks", http_files["masks"][0]))
+    ]
+    for window in ("-inf,inf", "-1e308,1e308", "nan,1"):  # a task with such a window would fail every later query
+        response = httpx.post(f"{served}/v1/tasks", files=pair, data={"modality": "CT", "window": window}, timeout=60)
+        assert (response.status_code, response.json()["code"]) == (422, "invalid_input"), (window, response.text)
     assert httpx.get(f"{served}/healthz").status_code == 200  # and the endpoint is still there
 
 

@@ -47,8 +47,8 @@ def test_tasks_keep_several_labels_and_a_ct_window(tmp_path: Path) -> None:
     assert tasks.get(named).pixel_spacing == (0.7, 0.7) == tasks.header(named).pixel_spacing
 
 
-def test_encodings_are_cached_per_model_version_within_a_bound(tmp_path: Path) -> None:
-    tasks = ServedTasks(tmp_path, cache_size=2)
+def test_encodings_are_cached_per_model_version_within_a_bound_in_bytes(tmp_path: Path) -> None:
+    tasks = ServedTasks(tmp_path, cache_bytes=2 * len("encoding of ") + 64)  # two encodings (44-byte strings) fit
     ids = [tasks.put(*_prompts(seed), "CT") for seed in range(3)]
     calls: list[str] = []
 
@@ -65,6 +65,9 @@ def test_encodings_are_cached_per_model_version_within_a_bound(tmp_path: Path) -
     assert tasks.cached() == [(ids[0], "2", 1), (ids[1], "2", 1)]  # bounded: the least recently used went
     tasks.encoding(ids[0], "1", 1, encode)  # evicted, so encoded again from the durable prompts
     assert calls[-1] == ids[0] and len(tasks.cached()) == 2
+    big = np.zeros(1000, np.uint8)
+    tasks.encoding(ids[2], "2", 1, lambda task: {None: {"1": big}})  # over the bound alone: kept, every other goes
+    assert tasks.cached() == [(ids[2], "2", 1)]
 
 
 def test_deleted_and_unknown_tasks_raise(tmp_path: Path) -> None:
