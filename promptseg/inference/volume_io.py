@@ -107,7 +107,7 @@ def _nifti_header(name: str, head: bytes) -> nib.Nifti1Header:
     """The NIfTI-1 or NIfTI-2 header at the start of `head`."""
     kind = nib.Nifti2Header if head[4:8] in NIFTI_MAGIC else nib.Nifti1Header
     try:
-        return kind.from_fileobj(io.BytesIO(head))
+        return kind(head[: kind.sizeof_hdr])  # the fixed header only: extensions are read with the file
     except Exception as error:
         raise InvalidInput(name, f"not a readable NIfTI header ({error})") from error
 

@@ -48,8 +48,9 @@ def test_ingest_lands_the_good_cases_and_strict_lands_nothing(prefect_harness: N
 
 
 def test_nightly_runs_on_the_workspace_and_resolution_of_the_global_options(
-    prefect_harness: None, tmp_path: Path
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by mlflow once an earlier test logged a run
     workspace = tmp_path / "elsewhere"
     result = _invoke("--workspace", workspace, "--resolution", "96", "nightly", "--source", tmp_path / "vanished")
     assert result.exit_code == 1, result.output

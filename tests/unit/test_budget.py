@@ -82,3 +82,10 @@ def test_a_truncated_gzip_stream_is_named_as_such() -> None:
     packed = gzip.compress(nib.Nifti1Image(np.zeros((32, 32, 8), np.float32), np.eye(4)).to_bytes())
     with pytest.raises(InvalidInput, match="truncated gzip stream"):
         read_volume("v.nii.gz", packed[: len(packed) // 2], Budget())
+
+
+def test_a_nifti_with_extensions_is_read() -> None:
+    image = nib.Nifti1Image(np.ones((8, 8, 4), np.uint8), np.eye(4))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"annotated by hand"))
+    volume = read_volume("label.nii.gz", gzip.compress(image.to_bytes()), Budget())
+    assert volume.array.shape == (8, 8, 4) and volume.array.min() == 1
