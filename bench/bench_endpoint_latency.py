@@ -26,19 +26,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlflow
 import nibabel as nib
 import numpy as np
-import torch
 from PIL import Image
+from workspace import random_champion
 
 from pipelines import environment, stages
 from pipelines.settings import Settings
-from promptseg.nets.checkpoint import save_model
-from promptseg.nets.factory import build_model, model_config
-from promptseg.registry.tracking import use_experiment
 from promptseg.serving.client import PromptSegClient
-from storage.preparation import RECIPE_VERSION
 
 VOLUME_SPACING = (0.8, 0.8, 2.5)
 
@@ -90,19 +85,8 @@ def main() -> None:
         root = Path(folder)
         settings = Settings(workspace=root / "ws", resolution=r, serve={"port": args.port})
         environment.prepare(settings)
-        torch.manual_seed(0)
-        save_model(build_model(model_config("tiny", r)), root / "checkpoint")
-        experiment_id = use_experiment(settings.registry.tracking_uri, "bench", settings.registry.artifact_root)
         target_spacing = [float(value) for value in args.target_spacing.split(",")]
-        tags = {
-            "preparation_recipe": RECIPE_VERSION,
-            "ct_window": json.dumps(None),
-            "target_spacing": json.dumps(target_spacing),
-        }
-        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-            run_id = run.info.run_id
-        version = stages.register(settings, run_id, root / "checkpoint")
-        stages.promote(settings, version=version)
+        random_champion(settings, root / "checkpoint", target_spacing)
         rng = np.random.default_rng(0)
         images, masks = [], []
         for i in range(n):

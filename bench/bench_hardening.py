@@ -48,25 +48,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import mlflow
 import nibabel as nib
 import numpy as np
 import psutil
-import torch
 from bench_endpoint_latency import VOLUME_SPACING
 from PIL import Image
 from ray.util.state import list_actors
+from workspace import random_champion
 
 from pipelines import cluster, environment, stages
 from pipelines.settings import Settings
 from promptseg.inference.budget import WORKING_BYTES
-from promptseg.nets.checkpoint import save_model
-from promptseg.nets.factory import build_model, model_config
-from promptseg.registry.tracking import use_experiment
 from promptseg.serving.api_models import SegmentRequest
 from promptseg.serving.client import PromptSegClient
 from promptseg.serving.settings import ServeSettings
-from storage.preparation import RECIPE_VERSION
 
 DEPLOYMENT = "PromptSegEndpoint"
 SAMPLE_S = 0.05
@@ -198,17 +193,7 @@ def served_endpoint(
     head's dashboard."""
     settings = Settings(workspace=root / "ws", resolution=resolution, serve={"port": port})
     environment.prepare(settings)
-    torch.manual_seed(0)
-    save_model(build_model(model_config("tiny", resolution)), root / "checkpoint")
-    experiment_id = use_experiment(settings.registry.tracking_uri, "bench", settings.registry.artifact_root)
-    tags = {
-        "preparation_recipe": RECIPE_VERSION,
-        "ct_window": json.dumps(None),
-        "target_spacing": json.dumps(target_spacing),
-    }
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        run_id = run.info.run_id
-    stages.promote(settings, version=stages.register(settings, run_id, root / "checkpoint"))
+    random_champion(settings, root / "checkpoint", target_spacing)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (resolution, resolution), dtype=np.uint8) for _ in range(n_prompts)]
     masks = [(rng.random((resolution, resolution)) > 0.8).astype(np.uint8) for _ in range(n_prompts)]

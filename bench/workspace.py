@@ -1,12 +1,22 @@
 """Shared by the benchmarks: a temporary workspace with the multi-center simulator's datasets (and optionally the
-embedded CT sample) ingested and preprocessed through the real flows."""
+embedded CT sample) ingested and preprocessed through the real flows, and a random-weight tiny model registered and
+promoted as the champion."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import mlflow
+import torch
+
+from pipelines import stages
 from pipelines.settings import Settings
+from promptseg.nets.checkpoint import save_model
+from promptseg.nets.factory import build_model, model_config
+from promptseg.registry.tracking import use_experiment
+from storage.preparation import RECIPE_VERSION
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
 
@@ -25,3 +35,22 @@ def prepared_workspace(folder: Path, resolution: int, n_cases: int, with_sample:
     stages.ingest(settings, [*sources, SAMPLE] if with_sample else sources)
     stages.preprocess(settings)
     return settings
+
+
+def random_champion(settings: Settings, folder: Path, target_spacing: list[float]) -> str:
+    """A random-weight tiny PromptSeg at the settings' resolution, checkpointed in `folder`, registered with the
+    preparation tags training records (this code's recipe, no CT window, `target_spacing`) and promoted; its
+    version."""
+    torch.manual_seed(0)
+    save_model(build_model(model_config("tiny", settings.resolution)), folder)
+    experiment_id = use_experiment(settings.registry.tracking_uri, "bench", settings.registry.artifact_root)
+    tags = {
+        "preparation_recipe": RECIPE_VERSION,
+        "ct_window": json.dumps(None),
+        "target_spacing": json.dumps(target_spacing),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        run_id = run.info.run_id
+    version = stages.register(settings, run_id, folder)
+    stages.promote(settings, version=version)
+    return version

@@ -17,7 +17,6 @@ pipelines.ray_local_node. A head or node beyond loopback is refused unless Ray's
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -30,6 +29,8 @@ from pathlib import Path
 import ray
 from ray._private import ray_constants
 
+from promptseg.serving.options import is_loopback
+
 RECORD = "ray.json"
 RAY = Path(sys.executable).with_name("ray")
 LOCAL_ONLY = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}  # Ray keeps loopback addresses
@@ -39,17 +40,9 @@ class InsecureRayNode(RuntimeError):
     """A Ray node would listen beyond loopback without token authentication."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    return False
-
-
 def _node_environment(host: str) -> dict[str, str]:
     """The environment of a Ray node's processes on `host`: local-only on loopback, else token authentication."""
-    if _is_loopback(host):
+    if is_loopback(host):
         return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_ONLY}
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         raise InsecureRayNode(
@@ -154,7 +147,7 @@ def start_worker_node(address: str, num_cpus: int, log_path: Path, host: str = "
             "runtime-env-agent-port",
         )
     }
-    ray_start = [sys.executable, "-m", "pipelines.ray_local_node"] if _is_loopback(host) else [str(RAY)]
+    ray_start = [sys.executable, "-m", "pipelines.ray_local_node"] if is_loopback(host) else [str(RAY)]
     command = [
         *ray_start,
         "start",
@@ -190,7 +183,7 @@ def connect(services_dir: Path, ray_address: str | None, *, start: bool = True) 
     else:
         raise RuntimeError("no Ray instance recorded in this workspace and RAY_ADDRESS is unset")
     if not ray.is_initialized():
-        if _is_loopback(address.split("://")[-1].rsplit(":", 1)[0]):
+        if is_loopback(address.split("://")[-1].rsplit(":", 1)[0]):
             _connect_locally_only()
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     return address
