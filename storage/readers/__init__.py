@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.errors import RawDataError
+from storage.errors import RawDataError, unreachable
 from storage.readers.base import Volume, VolumeReader
 from storage.readers.dicom import DicomSeriesReader
 from storage.readers.nifti import NiftiReader
@@ -44,7 +44,7 @@ def read_volume(path: Path, dtype: type = np.float32) -> Volume:
     path = Path(path)
     # Checked first so that a missing DICOM folder reads as missing rather than as an unknown format.
     if not path.exists():
-        raise RawDataError(path, "file not found")
+        raise unreachable(path)
     return reader_for(path).read(path, dtype)
 
 
@@ -57,7 +57,7 @@ def source_sha256(path: Path) -> str:
     if path.is_file():
         return _file_sha256(path)
     if not path.is_dir():
-        raise RawDataError(path, "file not found")
+        raise unreachable(path)
     digest = hashlib.sha256()
     for file in sorted((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).as_posix()):
         # Hashing each file's digest rather than the concatenated bytes keeps file boundaries in the hash.

@@ -26,6 +26,8 @@ from storage.errors import RawDataError
 # a forged file from exhausting memory before any data is read.
 MAX_VOXELS = 2**31
 MAX_DECODED_BYTES = 8 * 2**30
+# How far a value read as a whole number (a label) may lie from one: float storage and scaling leave 1.0000001.
+WHOLE_NUMBER_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def checked_volume(
     # Checked before the cast: NaN cast to an integer type silently becomes an arbitrary number.
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise RawDataError(path, "contains NaN or infinite values")
+    if array.dtype.kind in "fc" and np.dtype(dtype).kind in "iu":
+        array = whole_numbers(path, array)
     return Volume(
         array=array.astype(dtype, copy=False),
         spacing=check_spacing(path, spacing),
@@ -109,6 +113,19 @@ def checked_volume(
         affine=affine,
         to_ras=to_ras,
     )
+
+
+def whole_numbers(path: Path, array: np.ndarray) -> np.ndarray:
+    """Float voxels read as whole numbers (label values): rounded where within WHOLE_NUMBER_TOLERANCE of one,
+    refused otherwise (a cast would truncate 1.5 to 1 and 0.5 to background)."""
+    rounded = np.rint(array)
+    fractional = np.abs(array - rounded) > WHOLE_NUMBER_TOLERANCE
+    if fractional.any():
+        examples = ", ".join(f"{value:g}" for value in np.unique(array[fractional])[:5])
+        raise RawDataError(
+            path, f"fractional values ({examples}) where whole label values are expected; they are not truncated"
+        )
+    return rounded
 
 
 def canonical(path: Path, stored: np.ndarray, affine: np.ndarray, dtype: type, modality: str | None = None) -> Volume:

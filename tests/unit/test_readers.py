@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import locale
 import shutil
 import struct
 import zlib
@@ -57,8 +58,21 @@ def _write_dicom_series(
     names: list[str] | None = None,
     series_uid: str = SERIES_UID,
     modality: str = "CT",
+    shifts_mm: list[float] | None = None,
 ) -> Path:
-    """One file per slice with the geometry tags a scanner writes (and a patient name and id, to prove none leak)."""
+    """One file per slice with the geometry tags a scanner writes (and a patient name and id, to prove none leak);
+    `shifts_mm` moves each slice's position along the slice axis. GDCM's writer sets the C locale, which would make
+    later text reads ASCII-only: the locale is restored."""
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        return _write_slices(image, folder, names, series_uid, modality, shifts_mm or [0.0] * image.GetSize()[2])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+def _write_slices(
+    image: sitk.Image, folder: Path, names: list[str] | None, series_uid: str, modality: str, shifts_mm: list[float]
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     depth = image.GetSize()[2]
     names = names or [f"slice{k:03d}.dcm" for k in range(depth)]
@@ -77,7 +91,7 @@ def _write_dicom_series(
             "0020|000d": series_uid + ".1",
             "0020|000e": series_uid,
             "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{c:g}" for c in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0032": "\\".join(f"{c:g}" for c in _position(image, k, shifts_mm[k])),
             "0020|0037": "\\".join(f"{c:g}" for c in orientation),
             "0018|0050": f"{image.GetSpacing()[2]:g}",
         }
@@ -86,6 +100,11 @@ def _write_dicom_series(
         writer.SetFileName(str(folder / names[k]))
         writer.Execute(slice_)
     return folder
+
+
+def _position(image: sitk.Image, k: int, shift_mm: float) -> np.ndarray:
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    return np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k))) + shift_mm * normal
 
 
 @pytest.fixture
@@ -331,3 +350,46 @@ def test_a_result_on_the_ras_grid_goes_back_to_the_files_voxel_order(permuted_ni
     np.testing.assert_array_equal(volume.in_stored_order(volume.array), stored)
     assert sorted(volume.stored_axis(axis) for axis in range(3)) == [0, 1, 2]
     assert volume.array.shape[volume.stored_axis(2)] == stored.shape[2]
+
+
+def _series_image(depth: int = 8, spacing: float = 2.5) -> sitk.Image:
+    data = np.random.default_rng(6).integers(-1000, 1000, size=(4, 5, depth)).astype(np.int16)
+    image = sitk.GetImageFromArray(data.transpose(2, 1, 0).copy())
+    image.SetSpacing((0.5, 0.75, spacing))
+    return image
+
+
+def test_a_dicom_series_with_a_missing_or_duplicated_slice_is_refused(tmp_path: Path) -> None:
+    missing = _write_dicom_series(_series_image(), tmp_path / "missing")
+    (missing / "slice003.dcm").unlink()  # ITK would spread the 7 slices over 17.5 mm at 2.92 mm each
+    error = _expect_refusal(
+        missing, r"slice spacing not uniform: gap of 5 mm between positions 5 and 10 mm .* spacing is 2\.5 mm"
+    )
+    assert "(a missing slice?)" in error.problem
+    doubled = _write_dicom_series(_series_image(), tmp_path / "doubled", shifts_mm=[0, 0, 0, 0, -2.5, -2.5, -2.5, -2.5])
+    assert "gap of 0 mm" in _expect_refusal(doubled, "slice spacing not uniform").problem
+
+    rounded = [0.0, 0.04, -0.03, 0.0, 0.05, -0.02, 0.0, 0.01]  # positions as some scanners round them
+    volume = read_volume(_write_dicom_series(_series_image(), tmp_path / "rounded", shifts_mm=rounded))
+    assert volume.array.shape == (4, 5, 8) and volume.spacing[2] == pytest.approx(2.5, abs=0.01)
+
+
+def test_fractional_label_values_are_refused_not_truncated(tmp_path: Path) -> None:
+    labels = np.zeros((4, 5, 6), np.float32)
+    labels[1:3, 1:4, 2:5] = 1.0
+    labels[0, 0, 0] = 1.5
+    path = _write_nifti(tmp_path / "fractional.nii.gz", labels, np.eye(4))
+    with pytest.raises(RawDataError, match=r"fractional values \(1\.5\) where whole label values are expected"):
+        read_volume(path, dtype=np.int32)
+    assert read_volume(path).array[0, 0, 0] == 1.5  # as an image it reads as it is
+    labels[0, 0, 0] = 0.9999999  # float storage of a whole number: rounded, not truncated to 0
+    label = read_volume(_write_nifti(tmp_path / "whole.nii.gz", labels, np.eye(4)), dtype=np.int32)
+    assert label.array[0, 0, 0] == 1 and label.array.dtype == np.int32
+
+
+def test_a_symbolic_link_loop_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "a.nii.gz").symlink_to(tmp_path / "b.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    _expect_refusal(tmp_path / "a.nii.gz", "symbolic link loop")
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "absent.nii.gz")
+    _expect_refusal(tmp_path / "dangling.nii.gz", "file not found")
