@@ -30,7 +30,9 @@ Layout (schema version 1)::
 - The snapshot id hashes the metadata of every dataset's current version; training records it.
 - Retention: each dataset keeps the versions it replaced (`history`); `prune` deletes the older ones and the case
   arrays only they listed.
-- Attributes hold no patient identifiers: sources are named by content hash, cases by their file stem.
+- Attributes hold no patient identifiers: sources are named by content hash, cases by their keyed pseudonym
+  (storage.privacy).
+- The slices are patient pixels: a store on a local path is created owner-only (its folder 0700).
 """
 
 from __future__ import annotations
@@ -96,11 +98,17 @@ def content_id(payload: dict) -> str:
 _READ_CONTEXT = {"cache_pool": {"total_bytes_limit": 128 * 2**20}}
 
 
+def _local_path(url: str) -> Path | None:
+    """The folder of a store on a local path (a path or a file:// URL), or None for a remote one."""
+    parsed = urlparse(url)
+    return Path(parsed.path or url) if parsed.scheme in ("", "file") else None
+
+
 def _tensorstore_kvstore(url: str, path: str) -> dict | None:
     """The tensorstore kvstore spec of `path` inside the store at `url`, or None where tensorstore can't reach it."""
     parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return {"driver": "file", "path": f"{Path(parsed.path or url).resolve()}/{path}"}
+    if (local := _local_path(url)) is not None:
+        return {"driver": "file", "path": f"{local.resolve()}/{path}"}
     if parsed.scheme == "s3":
         spec = {"driver": "s3", "bucket": parsed.netloc, "path": f"{parsed.path.strip('/')}/{path}".lstrip("/")}
         if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
@@ -125,6 +133,9 @@ class TaskStore:
     @classmethod
     def open(cls, url: str, resolution: int | None = None, *, create: bool = False) -> TaskStore:
         """Open a store; with create=True make it (at `resolution`) if absent. Refuses other schemas/resolutions."""
+        local = _local_path(url)
+        if create and local is not None and not local.exists():
+            local.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             root = zarr.open_group(url, mode="r+" if not create else "a")
         except FileNotFoundError as error:
