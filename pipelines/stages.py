@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from pipelines.model_stages import evaluate, train
 from pipelines.settings import Settings
 
@@ -47,11 +49,23 @@ class NoEndpoint(LookupError):
 
 
 def verify(sources: list[Path]) -> dict[str, list[dict]]:
+    """Every problem of every source, by dataset name: a source that cannot be read at all (one problem with no
+    case, under the source's name) or repeats an earlier source's dataset name does not stop the next ones."""
+    from storage.errors import Problem, RawDataError, StorageError
     from storage.verify import verify_dataset
 
-    report = {}
+    report: dict[str, list[dict]] = {}
     for source in sources:
-        dataset, problems = verify_dataset(source)
+        try:
+            dataset, problems = verify_dataset(source)
+        except StorageError as error:
+            problem = error.problem if isinstance(error, RawDataError) else str(error)
+            report[Path(source).name] = [Problem(None, str(source), problem).to_dict()]
+            continue
+        if dataset.name in report:
+            clash = f"another source is dataset {dataset.name!r} too; one record per dataset name"
+            report[dataset.name].append(Problem(None, str(source), clash).to_dict())
+            continue
         report[dataset.name] = [problem.to_dict() for problem in problems]
     return report
 
@@ -61,7 +75,7 @@ def ingest(settings: Settings, sources: list[Path], strict: bool = False) -> Ing
     from pipelines.flows import ingest_flow
 
     raw_dir, secret = str(settings.data.raw_dir), str(settings.data.secret_path)
-    return ingest_flow([str(s) for s in sources], raw_dir, secret, strict)
+    return ingest_flow([SecretStr(str(s)) for s in sources], raw_dir, secret, strict)
 
 
 def preprocess(settings: Settings, datasets: list[str] | None = None) -> PreprocessReport:

@@ -3,7 +3,8 @@
 Per case and label, a bounded random sample of the label's intensities is drawn (as nnU-Net does for the
 foreground, 10,000 voxels); the dataset's foreground percentiles, mean and standard deviation come from the pooled
 samples, and each label keeps a quantile sketch of its own samples (`label_quantiles`), from which the store's one
-CT window is pooled over the training labels only (storage.ct_window).
+CT window is pooled over the training labels only (storage.ct_window). A case of an image-only dataset has no
+label: a sample of its whole image stands in for the foreground (under value 0, which gets no sketch).
 The `Fingerprint` is part of the dataset's ingest record (storage.ingest_record) and of every store version.
 """
 
@@ -34,6 +35,14 @@ def label_samples(image: np.ndarray, label: np.ndarray, seed: int) -> dict[int, 
             values = rng.choice(values, SAMPLES_PER_CASE, replace=False)
         samples[int(value)] = values.astype(float).tolist()
     return samples
+
+
+def image_samples(image: np.ndarray, seed: int) -> dict[int, list[float]]:
+    """Up to SAMPLES_PER_CASE intensities of the whole image, under 0: the foreground of an image-only case."""
+    values = image.ravel()
+    if values.size > SAMPLES_PER_CASE:
+        values = np.random.default_rng(seed).choice(values, SAMPLES_PER_CASE, replace=False)
+    return {0: values.astype(float).tolist()}
 
 
 ANISOTROPY_RATIO = 3.0
@@ -121,7 +130,7 @@ def dataset_fingerprint(
         label_intensity={
             str(value): LabelIntensity(quantiles=np.percentile(values, grid).tolist(), samples=len(values))
             for value, values in sorted(by_label.items())
-            if values
+            if values and value != 0
         },
     )
 

@@ -12,18 +12,25 @@ the benchmarks, always through `IngestRecord`::
       "fingerprint": {...},                          storage.fingerprint.Fingerprint of the good cases
       "cases": [                                     the good cases only
         {"case": "center-a_000",                     source case id and files (never copied into the store)
-         "image": "/abs/...", "label": "/abs/...",
+         "image": "/abs/...", "label": "/abs/...",   absolute paths; "label": null in an image-only dataset
          "image_sha256": "...", "label_sha256": "...",
          "shape": [64, 64, 32], "spacing": [1.5, 1.5, 3.0],   the image's, RAS order, mm
          "store_id": "c0123456789abcdef"},           the keyed pseudonym the store knows the case by
         ...],
-      "rejected": [{"dataset": ..., "case": ..., "file": ..., "problem": ...}, ...]   the bad cases, with why
+      "rejected": [{"dataset": ..., "case": ..., "file": ..., "problem": ...}, ...],  the bad cases, with why
+      "labelled": false                              only for an image-only dataset (written only then)
     }
 
 A record is written whole or not at all (a temporary file, then a replace), and only for a dataset with at least
 one good case. Keys this code does not know are ignored, so a record written by an earlier version of the workspace
-(or one whose cases still carry extra keys) loads as it is; `rejected` may be absent. Source case ids and paths
-stay in the workspace: the store only ever sees `store_id`.
+(or one whose cases still carry extra keys) loads as it is; `rejected` may be absent. Records are the only place
+source case ids and paths are kept: the folder and every record are owner-only (0700, 0600); the store only ever
+sees `store_id`.
+
+A `Failure` is how the flows' reports name what was left out: the dataset (for a source that could not be read at
+all, the source's pseudonym), the case's pseudonym (None for a whole source) and the problem. Reports end up stored
+by Prefect (artifacts) and MLflow (the nightly report), so the source file and case id a failure also carries for
+the person running the command (the CLI prints them) are left out of every serialization of it.
 """
 
 from __future__ import annotations
@@ -33,12 +40,16 @@ import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from storage.errors import Problem
 from storage.fingerprint import Fingerprint, dataset_fingerprint
-from storage.privacy import keyed_case_id
+from storage.privacy import keyed_case_id, keyed_source_id
 from storage.raw_dataset import RawDataset
-from storage.verify import CheckedCase, Problem, SourceCase
+from storage.verify import CheckedCase, SourceCase
+
+RECORD_MODE = 0o600
+RECORDS_FOLDER_MODE = 0o700
 
 
 class CaseRecord(SourceCase):
@@ -47,9 +58,9 @@ class CaseRecord(SourceCase):
     store_id: str
 
 
-class Failure(BaseModel):
-    """Something that kept data out of the store: a whole source (no `case`) or one case, with its file (relative
-    to the dataset root where it lies below it) and the reason."""
+class Rejection(BaseModel):
+    """A case an ingest record's dataset left out: its source case id, its file (relative to the dataset root
+    where it lies below it) and the reason."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -59,8 +70,34 @@ class Failure(BaseModel):
     problem: str
 
     @classmethod
-    def from_problem(cls, dataset: str, problem: Problem) -> Failure:
+    def from_problem(cls, dataset: str, problem: Problem) -> Rejection:
         return cls(dataset=dataset, case=problem.case, file=problem.file, problem=problem.problem)
+
+
+class Failure(BaseModel):
+    """Something that kept data out of the store, as reports name it: the dataset, the case's keyed pseudonym
+    (None: the whole source) and the reason. `file` (relative to the dataset root, or the source) and
+    `source_case` are for the person running the command and never serialized."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    case: str | None = None
+    problem: str
+    file: str = Field("", exclude=True)
+    source_case: str | None = Field(None, exclude=True)
+
+    @classmethod
+    def from_problem(cls, dataset: str, problem: Problem, secret: bytes) -> Failure:
+        """The failure of a checked case (or, with `problem.case` None, of its source), named by its pseudonym."""
+        case = keyed_case_id(secret, dataset, problem.case) if problem.case is not None else None
+        return cls(dataset=dataset, case=case, problem=problem.problem, file=problem.file, source_case=problem.case)
+
+    @classmethod
+    def unreadable(cls, source: Path, problem: str, secret: bytes) -> Failure:
+        """The failure of a source that could not be read: with no dataset name to go by, its `dataset` is the
+        source's pseudonym."""
+        return cls(dataset=keyed_source_id(secret, source), problem=problem, file=str(source))
 
 
 class IngestRecord(BaseModel):
@@ -75,7 +112,16 @@ class IngestRecord(BaseModel):
     source: str
     fingerprint: Fingerprint
     cases: list[CaseRecord]
-    rejected: list[Failure] = []
+    rejected: list[Rejection] = []
+    labelled: bool = True
+
+    @model_serializer(mode="wrap")
+    def _labelled_only_when_not(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A labelled dataset's record is written as before image-only datasets existed (its ids hash the same)."""
+        data = handler(self)
+        if data.get("labelled", True):
+            data.pop("labelled", None)
+        return data
 
     @classmethod
     def from_checked(
@@ -83,23 +129,24 @@ class IngestRecord(BaseModel):
         dataset: RawDataset,
         source: Path,
         checked: Sequence[CheckedCase],
-        rejected: Sequence[Failure],
+        rejected: Sequence[Problem],
         secret: bytes,
     ) -> IngestRecord:
         """The record of `dataset` (read from `source`) with its good cases, each named by its keyed pseudonym under
-        the workspace `secret`, and the failures of the others."""
+        the workspace `secret`, and the problems of the others."""
         sources = [case.source for case in checked]
         return cls(
             dataset=dataset.name,
             center=dataset.center,
             modality=dataset.modality,
             labels={str(value): name for value, name in dataset.labels.items()},
-            source=str(Path(source).resolve()),
+            source=str(Path(source).absolute()),
             fingerprint=dataset_fingerprint(
                 [s.shape for s in sources], [s.spacing for s in sources], [c.label_samples for c in checked]
             ),
             cases=[CaseRecord(**s.model_dump(), store_id=keyed_case_id(secret, dataset.name, s.case)) for s in sources],
-            rejected=list(rejected),
+            rejected=[Rejection.from_problem(dataset.name, problem) for problem in rejected],
+            labelled=dataset.labelled,
         )
 
     @classmethod
@@ -107,11 +154,16 @@ class IngestRecord(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text()))
 
     def save(self, raw_dir: Path) -> Path:
-        """Write `<raw_dir>/<dataset>.json` whole or not at all; returns its path."""
-        path = Path(raw_dir) / f"{self.dataset}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write `<raw_dir>/<dataset>.json` whole or not at all, readable by its owner only; returns its path."""
+        folder = Path(raw_dir)
+        folder.mkdir(mode=RECORDS_FOLDER_MODE, parents=True, exist_ok=True)
+        folder.chmod(RECORDS_FOLDER_MODE)
+        path = folder / f"{self.dataset}.json"
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.model_dump(), indent=2))
+        temporary.unlink(missing_ok=True)  # a leftover of a killed run may have another mode
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RECORD_MODE)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(self.model_dump(), indent=2))
         os.replace(temporary, path)
         return path
 

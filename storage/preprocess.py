@@ -9,13 +9,14 @@ aspect), and writes them under a content key
 (`case_key_for`: source hashes + plan + the code version of the recipe), so an unchanged case is never redone and
 any change of inputs or code makes a new one. `version_id_for` names a dataset version by its cases' keys;
 `commit_dataset_version` makes the version of the cases written current (the preprocess flow's last step per
-dataset).
+dataset). A case of an image-only dataset (no label) keeps every slice, with an empty label map: its dataset holds
+no tasks, only images for self-supervised training.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -120,15 +121,20 @@ def preprocess_case(store: TaskStore, dataset: str, case: CaseRecord, plan: Prep
     summaries = {axis: store.case_summary(dataset, key, axis) for axis in sliced_axes(case, plan)}
     if all(summary is not None for summary in summaries.values()):
         return [{**summary, "case": case.store_id} for summary in summaries.values()]
-    image = PreparedVolume(read_volume(Path(case.image)), plan.preparation)
-    label_map = resampled_labels(read_volume(Path(case.label), dtype=np.int32), plan.target_spacing)
+    scan = read_volume(Path(case.image))
+    image = PreparedVolume(scan, plan.preparation)
+    if case.label is not None:
+        label_volume, empty_fraction = read_volume(Path(case.label), dtype=np.int32), plan.empty_fraction
+    else:  # image-only: every slice, none labelled
+        label_volume, empty_fraction = replace(scan, array=np.zeros(scan.array.shape, np.int32)), 1.0
+    label_map = resampled_labels(label_volume, plan.target_spacing)
     written = []
     for axis in summaries:
         if summaries[axis] is not None:
             written.append(summaries[axis])
             continue
         seed = int(case.image_sha256[:8], 16) + axis
-        keep = select_slices(volume_slices(label_map, axis), plan.empty_fraction, seed)
+        keep = select_slices(volume_slices(label_map, axis), empty_fraction, seed)
         images, geometry = image.slices(axis, keep)
         labels, _ = model_slices(label_map, axis, plan.preparation, keep, label=True)
         pixel_mm = plan.preparation.grid_spacing_mm(axis, geometry)

@@ -29,8 +29,11 @@ def verify(sources: list[Path]) -> None:
 
 
 def _summarize(failures: list[Failure], summary: str) -> None:
+    """One line per failure naming its file (reports name cases by pseudonym only; the file is for the person here)
+    and the summary."""
     for failure in failures:
-        note(f"{failure.dataset} {failure.file}: {failure.problem}", style="yellow")
+        where = f"{failure.dataset} {failure.file}" if failure.case is not None else failure.file
+        note(f"{where}: {failure.problem}", style="yellow")
     note(summary, style="red")
 
 

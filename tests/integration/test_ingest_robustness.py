@@ -1,13 +1,15 @@
 """Bad input never stops a run nor reaches the store; killed runs, re-runs, changed cases; no patient identifiers.
 
 The malformed corpus holds one case per kind of damage next to good cases; ingest must report each bad case with
-its file (relative to the dataset root) and reason, and every good case must still land.
+its file (relative to the dataset root) and reason, and every good case must still land; so must the sources after
+a bad one. What Prefect stores names cases by dataset and pseudonym only; the CLI names the files.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,9 @@ import numpy as np
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -120,6 +125,13 @@ CORPUS: dict[str, tuple[Callable[[Path], None], Callable[[Path], None], str, str
     "absurd-header": (_huge_header, lambda p: _nifti(p, _label()), "absurd size", "image"),
     "missing-label": (lambda p: _nifti(p, _image()), lambda p: None, "file not found", "label"),
     "two-dimensional": (lambda p: _nifti(p, _image()[:, :, 0]), lambda p: _nifti(p, _label()), "3D", "image"),
+    "symlink-loop": (lambda p: p.symlink_to(p), lambda p: _nifti(p, _label()), "symbolic link loop", "image"),
+    "fractional-label": (
+        lambda p: _nifti(p, _image()),
+        lambda p: _nifti(p, _label() * np.float32(1.5)),
+        "fractional values (1.5)",
+        "label",
+    ),
 }
 
 
@@ -152,7 +164,7 @@ def test_every_kind_of_bad_case_is_reported_and_good_cases_land(
     ]
     by_case: dict[str, list[Failure]] = {}
     for failure in report.failures:
-        by_case.setdefault(failure.case, []).append(failure)
+        by_case.setdefault(failure.source_case, []).append(failure)
     assert set(by_case) == set(CORPUS)
     for kind, (_, _, reason, blamed) in CORPUS.items():
         suffix = "_seg.nii.gz" if blamed == "label" else ".nii.gz"
@@ -162,7 +174,10 @@ def test_every_kind_of_bad_case_is_reported_and_good_cases_land(
         )
     record = IngestRecord.load(tmp_path / "raw" / "corpus.json")
     assert [case.case for case in record.cases] == ["good-1", "good-2"]
-    assert record.rejected == report.failures  # the record keeps why each bad case was left out
+    # the record keeps why each bad case was left out, by source case id and file
+    assert [(r.case, r.file, r.problem) for r in record.rejected] == [
+        (f.source_case, f.file, f.problem) for f in report.failures
+    ]
     summary = preprocess_flow(str(tmp_path / "raw"), str(tmp_path / "store.zarr"), 32)
     assert summary.datasets[0].cases == 2 and not summary.failures
 
@@ -239,3 +254,135 @@ def test_patient_identifiers_reach_neither_store_nor_records_nor_artifacts(
     for secret in ("DOE", "JANE", "MRN-0042"):
         assert not any(secret in text for text in texts), secret
         assert not any(secret.encode() in blob for blob in blobs), secret
+
+
+def _small_manifest(folder: Path, dataset: str, cases: dict[str, dict[str, str]]) -> Path:
+    """A manifest of `cases` (id → entry without its id) in `folder`, with a good image (its own pixels: cases are
+    content-addressed) and label per named file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset, entry in enumerate(cases.values()):
+        for key, name in entry.items():
+            if not (folder / name).exists():
+                _nifti(folder / name, _image() + 10 * offset if key == "image" else _label())
+    entries = [{"id": case, **entry} for case, entry in cases.items()]
+    meta = {"dataset": dataset, "modality": "MR", "labels": {1: "organ"}, "cases": entries}
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(meta))
+    return folder / "manifest.yaml"
+
+
+def test_a_bad_source_or_case_does_not_stop_the_sources_after_it(prefect_harness: None, tmp_path: Path) -> None:
+    """Shared case ids, a case without its label, a symbolic link loop, a source that does not exist and one that
+    repeats a dataset name are each reported; the good cases of every dataset land."""
+    first = _small_manifest(tmp_path / "first", "first", {"a": {"image": "a.nii.gz", "label": "a_seg.nii.gz"}})
+    meta = yaml.safe_load(first.read_text())
+    _nifti(tmp_path / "first" / "b2.nii.gz", _image())
+    (tmp_path / "first" / "loop.nii.gz").symlink_to(tmp_path / "first" / "loop.nii.gz")
+    meta["cases"] += [
+        {"id": "b", "image": "a.nii.gz", "label": "a_seg.nii.gz"},
+        {"id": "b", "image": "b2.nii.gz", "label": "a_seg.nii.gz"},  # the same id again: the two would merge
+        {"id": "c", "image": "a.nii.gz"},
+        {"id": "d", "image": "loop.nii.gz", "label": "a_seg.nii.gz"},
+    ]
+    first.write_text(yaml.safe_dump(meta))
+    again = _small_manifest(tmp_path / "again", "first", {"z": {"image": "z.nii.gz", "label": "z_seg.nii.gz"}})
+    last = _small_manifest(tmp_path / "last", "last", {"y": {"image": "y.nii.gz", "label": "y_seg.nii.gz"}})
+    sources = [first, tmp_path / "vanished", again, last]
+    report = ingest_flow([str(source) for source in sources], str(tmp_path / "raw"), str(tmp_path / "secret.key"))
+    assert [(row.dataset, row.cases, row.rejected) for row in report.datasets] == [("first", 1, 4), ("last", 1, 0)]
+    failures = {(f.dataset if f.case else None, f.source_case, f.file): f.problem for f in report.failures}
+    assert failures.keys() == {
+        ("first", "b", "a.nii.gz"),
+        ("first", "b", "b2.nii.gz"),
+        ("first", "c", "manifest.yaml"),
+        ("first", "d", "loop.nii.gz"),
+        (None, None, str(tmp_path / "vanished")),  # named by the source's pseudonym
+        (None, None, str(again)),  # dataset "first" again
+    }
+    assert "dataset 'first'" in failures[None, None, str(again)]
+    assert failures["first", "c", "manifest.yaml"] == "case 4 has no 'label'"
+    assert "symbolic link loop" in failures["first", "d", "loop.nii.gz"]
+    assert "ids must be unique" in failures["first", "b", "b2.nii.gz"]
+    records = {path.name: IngestRecord.load(path) for path in (tmp_path / "raw").glob("*.json")}
+    assert {name: [case.case for case in r.cases] for name, r in records.items()} == {
+        "first.json": ["a"],
+        "last.json": ["y"],
+    }
+
+
+PATIENT = "MRN-0042"  # a seeded patient ID used as a case id and a file name
+
+
+def test_prefect_stores_pseudonyms_not_source_paths_or_case_ids(prefect_harness: None, tmp_path: Path) -> None:
+    sources_folder = tmp_path / "sources"  # the workspace's own paths are in the flows' parameters: not these
+    folder = sources_folder / "hospital"
+    manifest = _small_manifest(
+        folder,
+        "hospital",
+        {
+            PATIENT: {"image": f"{PATIENT}.nii.gz", "label": f"{PATIENT}_seg.nii.gz"},
+            "other": {"image": "other.nii.gz", "label": "other_seg.nii.gz"},
+            f"{PATIENT}-2": {"image": f"{PATIENT}-2.nii.gz", "label": f"{PATIENT}_seg.nii.gz"},
+        },
+    )
+    (folder / f"{PATIENT}-2.nii.gz").write_bytes(b"not a NIfTI file")  # nibabel's message quotes its path
+    raw, url = tmp_path / "raw", str(tmp_path / "store.zarr")
+    vanished = sources_folder / f"{PATIENT}-vanished"
+    sources = [SecretStr(str(manifest)), SecretStr(str(vanished))]  # as the CLI passes them
+    ingested = ingest_flow(sources, str(raw), str(tmp_path / "secret.key"), return_state=True)
+    assert {f.file for f in ingested.result().failures} == {f"{PATIENT}-2.nii.gz", str(vanished)}  # for the CLI
+    record = IngestRecord.load(raw / "hospital.json")
+    assert oct(os.stat(raw / "hospital.json").st_mode & 0o777) == oct(0o600)
+    other = next(case for case in record.cases if case.case == "other")
+    Path(other.label).unlink()  # the case fails in preprocess
+    preprocessed = preprocess_flow(str(raw), url, 32, return_state=True)
+    [failure] = preprocessed.result().failures
+    assert (failure.case, failure.problem, failure.file) == (other.store_id, "label: file not found", other.label)
+
+    runs = [ingested.state_details.flow_run_id, preprocessed.state_details.flow_run_id]
+    APILogHandler().flush()  # the log lines sent in batches reach the API before they are read
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)))
+        artifacts = [a for a in client.read_artifacts() if a.flow_run_id in runs]
+    assert any("CaseFailed" in log.message for log in logs)  # the failing task's log lines are among them
+    [ingest_run] = [run for run in flow_runs if run.id == runs[0]]
+    assert ingest_run.parameters["sources"] == ["**********"] * 2  # secret parameters, stored masked
+    stored = json.dumps(
+        [run.parameters for run in flow_runs]
+        + [run.state.message for run in flow_runs + task_runs]
+        + [run.name for run in task_runs]
+        + [log.message for log in logs]
+        + [artifact.data for artifact in artifacts],
+        default=str,
+    )
+    assert PATIENT not in stored and str(sources_folder) not in stored
+    assert f"hospital case {other.store_id}: label: file not found" in stored  # dataset and pseudonym name it
+
+
+def test_preprocess_from_another_folder_writes_every_case_and_exits_1_naming_the_file_that_failed(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records hold absolute paths, so a relative source ingested in one folder is preprocessed from any other; a
+    case whose file went away since is left out with its real reason, named with its file, and the exit code is 1."""
+    for variable in ("PROMPTSEG_WORKSPACE", "PROMPTSEG_RESOLUTION"):  # a command exports its settings
+        monkeypatch.setenv(variable, os.environ[variable])
+    monkeypatch.setenv("PROMPTSEG_DASK_WORKERS", "1")
+    sources = tmp_path / "sources"
+    _small_manifest(sources / "here", "here", {"a": {"image": "a.nii.gz", "label": "a_seg.nii.gz"}})
+    _small_manifest(
+        sources / "gone",
+        "gone",
+        {"b": {"image": "b.nii.gz", "label": "b_seg.nii.gz"}, "c": {"image": "c.nii.gz", "label": "c_seg.nii.gz"}},
+    )
+    workspace = ["--workspace", str(tmp_path / "workspace"), "--resolution", "32"]
+    monkeypatch.chdir(sources)
+    ingested = CliRunner().invoke(app, [*workspace, "ingest", "here/manifest.yaml", "gone/manifest.yaml"])
+    assert ingested.exit_code == 0, ingested.output
+    (sources / "gone" / "c.nii.gz").unlink()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*workspace, "preprocess"])
+    assert result.exit_code == 1, result.output
+    assert {row["dataset"]: row["cases"] for row in json.loads(result.stdout)["datasets"]} == {"gone": 1, "here": 1}
+    assert f"gone {sources / 'gone' / 'c.nii.gz'}: image: file not found" in result.stderr
+    assert "1 case(s) could not be written and were left out" in result.stderr

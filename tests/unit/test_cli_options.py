@@ -46,20 +46,23 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_verify_of_a_missing_folder_is_one_line(tmp_path: Path) -> None:
-    _one_error_line(_invoke("verify", tmp_path / "nope"), str(tmp_path / "nope"), "no such file or folder")
-
-
-def test_a_manifest_case_without_a_label_is_one_line(tmp_path: Path) -> None:
+def test_verify_reports_every_source_and_case_and_goes_on_after_a_bad_one(tmp_path: Path) -> None:
+    """A source that cannot be read is one problem under its name, and the sources after it are still verified."""
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    meta = {"channel_names": {"0": "MR"}, "labels": {"background": 0, "tumor": [1, 2]}, "file_ending": ".nii.gz"}
+    (regions / "dataset.json").write_text(json.dumps(meta))
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text("dataset: d\nmodality: CT\nlabels: {1: liver}\ncases:\n  - id: a\n    image: a.nii.gz\n")
-    _one_error_line(_invoke("verify", manifest), str(manifest), "case 1 has no 'label'")
-
-
-def test_nnunet_region_labels_are_one_line(tmp_path: Path) -> None:
-    meta = {"channel_names": {"0": "MR"}, "labels": {"background": 0, "tumor": [1, 2]}, "file_ending": ".nii.gz"}
-    (tmp_path / "dataset.json").write_text(json.dumps(meta))
-    _one_error_line(_invoke("verify", tmp_path), str(tmp_path / "dataset.json"), "region labels", "tumor")
+    result = _invoke("verify", tmp_path / "nope", regions, manifest)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    [missing] = report["nope"]
+    assert missing["case"] is None and missing["file"] == str(tmp_path / "nope")
+    assert missing["problem"].startswith("no such file or folder")
+    [region] = report["regions"]
+    assert "region labels" in region["problem"] and "tumor" in region["problem"]
+    assert report["d"] == [{"case": "a", "file": "manifest.yaml", "problem": "case 1 has no 'label'"}]
 
 
 def test_labels_that_are_not_integers_are_one_line(tmp_path: Path) -> None:
