@@ -5,7 +5,7 @@ bounded burst of concurrent 2D requests against small in-flight and queue limits
 In a temporary workspace: a tiny PromptSeg with random weights is checkpointed, registered in MLflow and promoted
 (as bench/bench_endpoint_latency.py does), served on a fresh Ray head (127.0.0.1) with the budget and overload
 limits set through the environment before the settings are read (`PROMPTSEG_SERVE_MAX_DECODED_MB`,
-`_MAX_ONGOING_REQUESTS`, `_MAX_QUEUED_REQUESTS`), and queried over HTTP with plain httpx (the project's client
+`_WORK_SLOTS`, `_MAX_WAITING`), and queried over HTTP with plain httpx (the project's client
 would retry 503s). N prompt pairs are registered as a task first. Prints one JSON line per case:
 
 - `worst_request`: an int16 NIfTI volume (512 × 512 × K at 0.8 × 0.8 × 2.5 mm, gzipped; `--content`) with the
@@ -28,7 +28,7 @@ The replica is found by Ray's state API (the alive actor whose class name contai
 3–5 minutes on a 2-core machine with the defaults. It needs the machine to itself: on the shared dev machine run it
 under the integration-test lock.
 Usage: flock /tmp/promptseg-it.lock python bench/bench_hardening.py [--budget-mb 256] [--width 512] [--repeats 2]
-    [--content noise|phantom] [--finer-z 2] [--max-ongoing 2] [--max-queued 2] [--clients 32] [--per-client 4]
+    [--content noise|phantom] [--finer-z 2] [--work-slots 2] [--max-waiting 2] [--clients 32] [--per-client 4]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -50,80 +49,34 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
-import psutil
 from bench_endpoint_latency import VOLUME_SPACING
 from PIL import Image
-from ray.util.state import list_actors
 from workspace import random_champion
 
 from pipelines import cluster, environment, stages
+from pipelines.memory_probe import RssSampler, baseline_rss, proxy_pid, replica_pid
 from pipelines.settings import Settings
-from promptseg.inference.budget import WORKING_BYTES
+from promptseg.inference.budget import WORKING_BYTES, Limits
 from promptseg.serving.api_models import SegmentRequest
+from promptseg.serving.app import APP_NAME
 from promptseg.serving.client import PromptSegClient
 from promptseg.serving.settings import ServeSettings
+from promptseg.serving.volume_parts import most_slices_allowed, volume_work_bytes
 
-DEPLOYMENT = "PromptSegEndpoint"
-SAMPLE_S = 0.05
+
+def charged(limits: Limits, shape: tuple[int, int, int], target_spacing: list[float], resolution: int) -> int:
+    """The bytes the endpoint charges an int16 volume of `shape` at VOLUME_SPACING (decoding and segmenting)."""
+    work = volume_work_bytes(shape, VOLUME_SPACING, tuple(target_spacing), resolution, [2], 1)
+    return int(np.prod(shape)) * (2 + WORKING_BYTES) + work
 
 
 def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if values else None
 
 
-class RssSampler:
-    """The RSS of some processes, sampled every `SAMPLE_S` on a thread while in use."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.samples: dict[str, list[int]] = {name: [] for name in pids}
-        self.times: list[float] = []  # perf_counter of each sweep
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.times.append(time.perf_counter())
-            for name, process in self.processes.items():
-                self.samples[name].append(process.memory_info().rss)
-            self._stop.wait(SAMPLE_S)
-
-    def peak_between(self, name: str, start: float, end: float) -> int | None:
-        """The largest sample of `name` taken between perf_counter times `start` and `end`."""
-        values = [v for t, v in zip(self.times, self.samples[name], strict=True) if start <= t <= end]
-        return max(values) if values else None
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.times.append(time.perf_counter())
-        for name, process in self.processes.items():  # one last sample after the answer
-            self.samples[name].append(process.memory_info().rss)
-
-
-def baseline_rss(pids: dict[str, int], seconds: float = 1.0) -> dict[str, int]:
-    """Median RSS of each process over `seconds` of sampling."""
-    with RssSampler(pids) as sampler:
-        time.sleep(seconds)
-    return {name: int(statistics.median(values)) for name, values in sampler.samples.items()}
-
-
 def serve_pids(dashboard: str) -> dict[str, int]:
-    """The pids of the endpoint's replica and of the HTTP proxy, from the state API of the Ray head at `dashboard`
-    (other Ray instances may run on the machine)."""
-    actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=1000)
-    replicas = [actor.pid for actor in actors if DEPLOYMENT in actor.class_name]
-    proxies = [actor.pid for actor in actors if actor.class_name == "ProxyActor"]
-    if len(replicas) != 1 or len(proxies) != 1:
-        raise RuntimeError(f"expected one replica and one proxy, found {replicas} and {proxies}")
-    title = " ".join(psutil.Process(replicas[0]).cmdline())
-    if DEPLOYMENT not in title:
-        raise RuntimeError(f"process {replicas[0]} is not the replica: {title!r}")
-    return {"replica": replicas[0], "proxy": proxies[0]}
+    """The pids of the endpoint's replica and of the HTTP proxy (other Ray instances may run on the machine)."""
+    return {"replica": replica_pid(dashboard, APP_NAME), "proxy": proxy_pid(dashboard)}
 
 
 def nifti_gz(path: Path, shape: tuple[int, int, int], seed: int, content: str) -> int:
@@ -286,8 +239,8 @@ def main() -> None:
     parser.add_argument(
         "--finer-z", type=float, default=2.0, help="one more worst request with z spacing / F (0: none)"
     )
-    parser.add_argument("--max-ongoing", type=int, default=2, help="PROMPTSEG_SERVE_MAX_ONGOING_REQUESTS (0: default)")
-    parser.add_argument("--max-queued", type=int, default=2, help="PROMPTSEG_SERVE_MAX_QUEUED_REQUESTS (0: default)")
+    parser.add_argument("--work-slots", type=int, default=2, help="PROMPTSEG_SERVE_WORK_SLOTS (0: default)")
+    parser.add_argument("--max-waiting", type=int, default=2, help="PROMPTSEG_SERVE_MAX_WAITING (0: default)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--per-client", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=256)
@@ -296,19 +249,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18798)
     args = parser.parse_args()
     os.environ["PROMPTSEG_SERVE_MAX_DECODED_MB"] = str(args.budget_mb)
-    if args.max_ongoing:
-        os.environ["PROMPTSEG_SERVE_MAX_ONGOING_REQUESTS"] = str(args.max_ongoing)
-    if args.max_queued:
-        os.environ["PROMPTSEG_SERVE_MAX_QUEUED_REQUESTS"] = str(args.max_queued)
+    if args.work_slots:
+        os.environ["PROMPTSEG_SERVE_WORK_SLOTS"] = str(args.work_slots)
+    if args.max_waiting:
+        os.environ["PROMPTSEG_SERVE_MAX_WAITING"] = str(args.max_waiting)
     serve_settings = ServeSettings()
     limits = serve_settings.limits
     budget = limits.max_decoded_bytes
-    bounds = {  # the most slices of width² int16 voxels each limit allows
-        "max_decoded_bytes": budget // (args.width * args.width * (2 + WORKING_BYTES)),
-        "max_pixels": limits.max_pixels // (args.width * args.width),
-        "max_slices": limits.max_slices,
-    }
-    slices = min(bounds.values())
+    target_spacing = [float(value) for value in args.target_spacing.split(",")]
+    slices = most_slices_allowed(limits, args.width, 2, VOLUME_SPACING, tuple(target_spacing), args.resolution)
     common = {
         "bench": "hardening",
         "budget_bytes": budget,
@@ -316,7 +265,6 @@ def main() -> None:
         "cpus_per_replica": serve_settings.cpus_per_replica,
         "cpus": os.cpu_count(),
     }
-    target_spacing = [float(value) for value in args.target_spacing.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         worst, over, warm = root / "worst.nii.gz", root / "over.nii.gz", root / "warm.nii.gz"
@@ -335,7 +283,7 @@ def main() -> None:
                 "spacing": list(VOLUME_SPACING),
                 "dtype": "int16",
                 "decoded_bytes": int(np.prod(shape)) * (2 + WORKING_BYTES),
-                "binding_limit": min(bounds, key=lambda name: bounds[name]),
+                "charged_bytes": charged(limits, shape, target_spacing, args.resolution),
                 "file_bytes": sizes["worst"],
                 "target_spacing": target_spacing,
             }
@@ -355,13 +303,14 @@ def main() -> None:
                 print(json.dumps(line | {"ratio_to_warm": round(over_warm / budget, 3)}), flush=True)
             figures = post_volume(url, over, form, pids)
             over_shape = [args.width, args.width, slices + 1]
-            decoded = int(np.prod(over_shape)) * (2 + WORKING_BYTES)
-            line = {**common, "case": "over_budget", "shape": over_shape, "decoded_bytes": decoded}
+            line = {**common, "case": "over_budget", "shape": over_shape}
             print(json.dumps({**line, "file_bytes": sizes["over"], **figures}), flush=True)
             figures = overload(url, task, args.resolution, args.clients, args.per_client)
             limits = {
                 "max_ongoing_requests": serve_settings.max_ongoing_requests,
                 "max_queued_requests": serve_settings.max_queued_requests,
+                "work_slots": serve_settings.work_slots,
+                "max_waiting": serve_settings.max_waiting,
                 "max_batch_size": serve_settings.max_batch_size,
                 "clients": args.clients,
                 "per_client": args.per_client,

@@ -7,6 +7,9 @@
 - Versions never promoted: registered versions that never were `champion`, hold no alias now and are not among
   the newest `keep_unpromoted` such versions are deleted from the registry with their logged model's artifacts.
 - Prefect results: persisted task results older than `prefect_results_days`.
+- The endpoint's data (`purge_serving`, also `promptseg serve purge`): registered tasks (their prompts are patient
+  pixels) not registered or segmented against for `PROMPTSEG_SERVE_TASK_RETENTION_DAYS`, finished jobs and their
+  results past `PROMPTSEG_SERVE_JOB_RETENTION_S`, and audit logs older than `PROMPTSEG_SERVE_AUDIT_RETENTION_DAYS`.
 `apply_retention` returns a `RetentionReport` of what each rule removed.
 """
 
@@ -20,6 +23,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines.settings import Settings
 from promptseg.registry.versions import delete_unpromoted
+from promptseg.serving.job_store import JobStore
+from promptseg.serving.served_tasks import ServedTasks
+from promptseg.serving.settings import ServeSettings
 from storage.task_store import TaskStore
 
 
@@ -28,6 +34,16 @@ class RetentionLimits(BaseModel):
     keep_store_versions: int = 2
     keep_unpromoted: int = 3
     prefect_results_days: float = 14.0
+
+
+class ServingPurge(BaseModel):
+    """What the endpoint's retention removed: tasks, finished jobs (with their results) and audit log files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tasks: int
+    jobs: int
+    audit_logs: int
 
 
 class RetentionReport(BaseModel):
@@ -41,6 +57,7 @@ class RetentionReport(BaseModel):
     store: dict[str, int]
     deleted_versions: list[str]
     prefect_results: int
+    serving: ServingPurge
 
 
 def _prune_folders(parent: Path, keep: int) -> int:
@@ -52,15 +69,25 @@ def _prune_folders(parent: Path, keep: int) -> int:
     return len(folders[keep:])
 
 
-def _prune_prefect_results(settings: Settings, days: float) -> int:
-    folder = settings.prefect_home / "storage"
+def _delete_older(folder: Path, pattern: str, days: float) -> int:
+    """Delete the files under `folder` matching `pattern` last written over `days` ago; returns how many."""
     if not folder.is_dir():
         return 0
     cutoff = time.time() - days * 86400
-    old = [path for path in folder.rglob("*") if path.is_file() and path.stat().st_mtime < cutoff]
+    old = [path for path in folder.rglob(pattern) if path.is_file() and path.stat().st_mtime < cutoff]
     for path in old:
         path.unlink(missing_ok=True)
     return len(old)
+
+
+def purge_serving(serve: ServeSettings) -> ServingPurge:
+    """Apply the endpoint's retention settings to the folders its replicas share."""
+    jobs = JobStore(serve.jobs_dir, serve.job_retention_s, serve.job_stale_s)
+    return ServingPurge(
+        tasks=ServedTasks(serve.tasks_dir).purge(serve.task_retention_days * 86400),
+        jobs=jobs.sweep(now=True),
+        audit_logs=_delete_older(serve.audit_dir, "audit-*.jsonl", serve.audit_retention_days),
+    )
 
 
 def apply_retention(settings: Settings, limits: RetentionLimits) -> RetentionReport:
@@ -76,5 +103,6 @@ def apply_retention(settings: Settings, limits: RetentionLimits) -> RetentionRep
         deleted_versions=delete_unpromoted(
             settings.registry.tracking_uri, settings.registry.model_name, limits.keep_unpromoted
         ),
-        prefect_results=_prune_prefect_results(settings, limits.prefect_results_days),
+        prefect_results=_delete_older(settings.prefect_home / "storage", "*", limits.prefect_results_days),
+        serving=purge_serving(settings.serve),
     )

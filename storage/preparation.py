@@ -4,7 +4,7 @@ A scan read by any ingest reader (storage.readers: RAS voxel order, spacing in m
 intensities normalized (storage.harmonize), the volume resampled to the target spacing, cut into slices along one
 RAS axis and each slice fitted into the square model grid keeping its physical aspect, values clipped to [0, 1].
 Preprocessing writes these slices to the task store; the endpoint hands the same arrays to the network, so a model
-is served pixels prepared exactly as it was trained on. `PreparedVolume.to_source` maps per-slice results back:
+is served pixels prepared exactly as it was trained on. `to_source` maps per-slice results back:
 out of the model grid, stacked along the axis, resampled to the scan's own spacing and shape, and put back in the
 voxel order its file stores.
 
@@ -96,15 +96,16 @@ class PreparedVolume:
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
         return model_slices(self.array, axis, self.preparation, indices)
 
-    def to_source(self, maps: np.ndarray, axis: int, geometry: SliceGeometry) -> np.ndarray:
-        """Per-slice maps (K, R, R) on the model grid, one for every slice along `axis`, as a float32 volume on the
-        source's grid in its stored voxel order (linear interpolation; threshold afterwards)."""
-        native = from_model_grid(maps, geometry)
-        resampled = np.moveaxis(native, 0, axis)
-        back = resample_volume(
-            resampled, self.preparation.target_spacing, self.source.spacing, shape=self.source.array.shape
-        )
-        return self.source.in_stored_order(back)
+
+def to_source(
+    maps: np.ndarray, axis: int, geometry: SliceGeometry, source: Volume, preparation: Preparation
+) -> np.ndarray:
+    """Per-slice maps (K, R, R) on the model grid, one for every slice of `source` prepared under `preparation`
+    along `axis`, as a float32 volume on the source's grid in its stored voxel order (linear interpolation;
+    threshold afterwards)."""
+    native = np.moveaxis(from_model_grid(maps, geometry), 0, axis)
+    back = resample_volume(native, preparation.target_spacing, source.spacing, shape=source.array.shape)
+    return source.in_stored_order(back)
 
 
 def preparation_tags(store: TaskStore, training_tasks: list[Task]) -> dict[str, str]:

@@ -21,7 +21,7 @@ RESOLUTION = 64
 os.environ["PROMPTSEG_WORKSPACE"] = str(WORKSPACE)
 os.environ["PROMPTSEG_RESOLUTION"] = str(RESOLUTION)
 os.environ["PROMPTSEG_SERVE_MAX_BODY_MB"] = "16"  # small limits, so the 413 and decompression-bomb tests stay cheap
-os.environ["PROMPTSEG_SERVE_MAX_DECODED_MB"] = "64"
+os.environ["PROMPTSEG_SERVE_MAX_DECODED_MB"] = "256"
 os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray's spelling; /metrics lags 1 s, not 10
 with socket.socket() as _probe:
     _probe.bind(("127.0.0.1", 0))

@@ -37,6 +37,16 @@ def stop(ctx: typer.Context) -> None:
 
 
 @serve.command()
+def purge(ctx: typer.Context) -> None:
+    """Apply the endpoint's retention now: delete registered tasks unused for PROMPTSEG_SERVE_TASK_RETENTION_DAYS,
+    finished jobs past PROMPTSEG_SERVE_JOB_RETENTION_S and audit logs older than
+    PROMPTSEG_SERVE_AUDIT_RETENTION_DAYS (the nightly pipeline's retention step does the same)."""
+    from pipelines.retention import purge_serving
+
+    show(purge_serving(settings(ctx).serve).model_dump())
+
+
+@serve.command()
 def reload(ctx: typer.Context, url: str | None = None) -> None:
     """Make the running endpoint follow its alias now (after `champion` moved)."""
     with stages.endpoint_client(settings(ctx), url) as client:

@@ -1,15 +1,20 @@
 """What one request may make the decoders do: files, decoded bytes, pixels and voxels (over all its files), slices
-per volume and label values. Each limit is a setting with a safe default (`Limits`); a request's `Budget` is charged
-from headers and declared sizes (an image's, an NPY's or a NIfTI's header, a DICOM instance's rows, columns and
-frames) before any pixel is decoded, and refuses with `OverBudget` (an `InvalidInput` naming the file) the file that
-would pass a limit.
+per volume, label values and seconds of work. Each limit is a setting with a safe default (`Limits`); a request's
+`Budget` is charged from headers and declared sizes (an image's, an NPY's or a NIfTI's header, a DICOM instance's
+rows, columns and frames) before any pixel is decoded, and refuses with `OverBudget` (an `InvalidInput` naming the
+file) the file that would pass a limit.
 
 Decoded bytes count what the replica holds for a file while it works on it: the decoded pixels in their own type and
-their float32 copy (`WORKING_BYTES`), so a budget of B bytes keeps a request's pixels under B.
+their float32 copy (`WORKING_BYTES`), and for a volume the memory its preparation and results take (charged once its
+target spacing is known, before it is prepared), so a budget of B bytes keeps a request's working memory near B.
+
+Seconds are checked between steps (`check_time`: after decoding, between chunks of a volume's slices), so a request
+past its time budget stops at the next step with `OverBudget` and frees its work slot.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from promptseg.inference.errors import InvalidInput
@@ -30,6 +35,7 @@ class Limits:
     max_pixels: int = 128 << 20
     max_slices: int = 2048
     max_labels: int = 32
+    max_seconds: float = 120.0
 
 
 @dataclass
@@ -40,6 +46,17 @@ class Budget:
     files: int = 0
     pixels: int = 0
     decoded_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def check_time(self, step: str) -> None:
+        """Refuse to go on past the time budget (`step` names what would come next)."""
+        spent = time.monotonic() - self.started
+        if spent > self.limits.max_seconds:
+            raise OverBudget(
+                step,
+                f"the request took {spent:.0f} s, over its time budget of {self.limits.max_seconds:g} s; "
+                "send fewer slices, or a volume as a job (POST /v1/jobs)",
+            )
 
     def count_files(self, name: str, count: int) -> None:
         """Charge `count` more files (checked from the form, before any is read)."""
@@ -62,21 +79,22 @@ class Budget:
             raise OverBudget(name, f"volume of shape {tuple(shape)} has over {limit} slices on an axis")
         self.charge(name, shape, itemsize)
 
-    def charge(self, name: str, shape: tuple[int, ...], itemsize: int) -> None:
-        """Charge a file about to be decoded to `shape` pixels of `itemsize` bytes each."""
+    def charge(self, name: str, shape: tuple[int, ...] = (), itemsize: int = 0, work_bytes: int = 0) -> None:
+        """Charge a file about to be decoded to `shape` pixels of `itemsize` bytes each, or the `work_bytes` the
+        work on a decoded file will hold (a volume's preparation and results)."""
         if any(int(n) < 0 for n in shape):
             raise InvalidInput(name, f"declares a negative size {tuple(shape)}")
-        count = 1
+        count = 1 if shape else 0
         for n in shape:
             count *= int(n)
         self.pixels += count
-        self.decoded_bytes += count * (itemsize + WORKING_BYTES)
+        self.decoded_bytes += count * (itemsize + WORKING_BYTES) + work_bytes
         if self.pixels > self.limits.max_pixels:
             limit = self.limits.max_pixels
             raise OverBudget(name, f"the request's files hold {self.pixels} pixels/voxels, over its limit of {limit}")
         if self.decoded_bytes > self.limits.max_decoded_bytes:
             raise OverBudget(
                 name,
-                f"decoding the request's files takes {self.decoded_bytes} bytes, over its limit of "
+                f"decoding and segmenting the request's files takes {self.decoded_bytes} bytes, over its limit of "
                 f"{self.limits.max_decoded_bytes}",
             )

@@ -100,10 +100,14 @@ class TaskEncoding:
 
 @dataclass(frozen=True)
 class Segmentation:
-    """One query's result on its native grid: foreground probability and uncertainty (bits)."""
+    """One query's result on its native grid: foreground probability, and its uncertainty (binary entropy, bits)
+    computed when asked for (a volume's slices keep only their probabilities)."""
 
     probability: np.ndarray
-    uncertainty: np.ndarray
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        return _binary_entropy(torch.from_numpy(self.probability)).numpy()
 
 
 def _model_id(network: nn.Module) -> str:
@@ -293,8 +297,7 @@ class Predictor:
 
     @staticmethod
     def _native(probability: torch.Tensor, geometry: SliceGeometry | None) -> Segmentation:
-        uncertainty = _binary_entropy(probability)
-        maps = torch.stack([probability, uncertainty]).numpy()
+        maps = probability[None].numpy()
         if geometry is not None:
             maps = from_model_grid(maps, geometry)
-        return Segmentation(maps[0], maps[1])
+        return Segmentation(maps[0])

@@ -128,9 +128,9 @@ async def _job_not_succeeded(request: Request, error: JobNotSucceeded) -> JSONRe
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-    """The framework's answers (no such route, wrong method, unparseable body) and a body over the limit."""
+    """The framework's answers (no such route, wrong method, unparseable body)."""
     phrase = HTTPStatus(error.status_code).phrase
-    code = "body_too_large" if isinstance(error, serve_gateway.BodyTooLarge) else status_problem_code(error.status_code)
+    code = status_problem_code(error.status_code)
     detail = error.detail if error.detail != phrase else f"{request.method} {request.url.path}: {phrase.lower()}"
     return _problem(request, error.status_code, code, detail, headers=error.headers)
 
@@ -194,9 +194,18 @@ class PromptSegEndpoint:
         self.service = SegmentationService(self.model, self.tasks, settings.limits)
         self.service.configure_batching(settings.max_batch_size, settings.batch_wait_ms / 1e3)
         store = JobStore(settings.jobs_dir, settings.job_retention_s, settings.job_stale_s)
-        self.jobs = JobRunner(store, self.service, settings.jobs_per_replica)
-        limit = int(settings.max_body_mb * 2**20)
-        serve_gateway.configure(serve_gateway.GatewayConfig(limit, options.api_key_sha256, settings.audit_dir))
+        self.jobs = JobRunner(store, self.service, settings.jobs_per_replica, settings.job_limits)
+        serve_gateway.configure(
+            serve_gateway.GatewayConfig(
+                max_body_bytes=int(settings.max_body_mb * 2**20),
+                api_key_sha256=options.api_key_sha256,
+                audit_dir=settings.audit_dir,
+                body_timeout_s=settings.body_timeout_s,
+                work_slots=settings.work_slots,
+                max_waiting=settings.max_waiting,
+                retry_after_s=settings.retry_after_s,
+            )
+        )
         self._reported: tuple[str, str] | None = None
         self._report_model()
 
@@ -215,8 +224,24 @@ class PromptSegEndpoint:
 
     @api.get("/healthz", responses=_problems())
     def healthz(self) -> Health:
-        """Whether the endpoint is up, and the model version it serves; open without an API key."""
+        """Liveness: the replica is up, and the model version it serves; answered at once however busy the
+        replica is (it waits for no work slot); open without an API key."""
         return Health(status="ok", model_version=self.model.current().version)
+
+    @api.get(
+        "/readyz",
+        response_model=Health,
+        responses=_problems({503: "every work slot is busy and the wait is full; see Retry-After"}),
+    )
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: whether this replica takes new work now (a work slot is free or a request may wait for one);
+        503 `not_ready` with a Retry-After when it would refuse it. Open without an API key."""
+        slots = serve_gateway.work_slots()
+        if not slots.ready:
+            detail = f"all {slots.slots} work slots are busy and {slots.waiting} requests wait"
+            retry = {"Retry-After": str(serve_gateway.current_config().retry_after_s)}
+            return _problem(request, 503, "not_ready", detail, headers=retry)
+        return JSONResponse(Health(status="ready", model_version=self.model.current().version).model_dump())
 
     @api.get("/metrics", response_class=PlainTextResponse, responses=_problems())
     async def metrics(self) -> Response:

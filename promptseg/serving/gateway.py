@@ -1,5 +1,5 @@
-"""What happens to every HTTP request of the endpoint around its route: request id, API key, body-size limit,
-audit log line and metrics (one ASGI middleware, `Gateway`).
+"""What happens to every HTTP request of the endpoint around its route: request id, API key, body-size limit, the
+body read within its deadline, a work slot, audit log line and metrics (one ASGI middleware, `Gateway`).
 
 - Request id: Ray Serve's id of the request (the one its proxy returns in the `X-Request-ID` header and writes to
   its logs), in `scope["state"]["request_id"]` for the route; outside Serve a fresh one, added as that header.
@@ -8,6 +8,9 @@ audit log line and metrics (one ASGI middleware, `Gateway`).
   Missing → 401, wrong → 403, before the body is read.
 - Body limit: a declared `Content-Length` over the limit gets 413 before any byte is read; a body streamed without
   one is counted as it arrives and cut off with 413 at the limit.
+- Admission (promptseg.serving.admission): the body is read whole before the route runs; one that does not arrive
+  within `body_timeout_s` gets 408. Only then does a request that decodes or segments take a work slot; one that
+  would wait behind `max_waiting` others gets 503 `overloaded` with a Retry-After. Nothing else waits for a slot.
 - Refusals are problem details (`api_models.Problem`, `application/problem+json`), like every error answer.
 - Audit: one JSON line per request (time, request id, method, route template, status, request and response bytes,
   duration, and what the route adds in `scope["state"]["audit"]`: task id, number of queries, model version,
@@ -34,11 +37,19 @@ from typing import Any
 
 from ray.serve import metrics
 from ray.serve.context import _get_serve_request_context
-from starlette.exceptions import HTTPException
 
+from promptseg.serving.admission import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    Overloaded,
+    WorkSlots,
+    needs_slot,
+    read_body,
+)
 from promptseg.serving.api_models import API_KEY_HEADER, PROBLEM_MEDIA_TYPE, Problem
 
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 
 
 class ServeMetric:
@@ -120,34 +131,47 @@ class GatewayConfig:
     max_body_bytes: int = 256 << 20
     api_key_sha256: str | None = None
     audit_dir: Path | None = None
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while a body streams in past the limit (an HTTPException, so the framework's body parsing lets it
-    through instead of turning it into a 400)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request bodies are limited to {limit} bytes")
+    body_timeout_s: float = 120.0
+    work_slots: int = 8
+    max_waiting: int = 16
+    retry_after_s: int = 5
 
 
 def _header(scope: dict, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
 
 
-async def _send_problem(send: Any, request_id: str, status: int, code: str, detail: str) -> None:
+async def _send_problem(
+    send: Any, request_id: str, status: int, code: str, detail: str, retry_after_s: int | None = None
+) -> None:
     body = Problem.of(status, code, detail, request_id=request_id).model_dump_json(exclude_none=True).encode()
     headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode())]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 _config = GatewayConfig()
+_slots: WorkSlots | None = None
 
 
 def configure(config: GatewayConfig) -> None:
     """Set this process's gateway settings (a replica calls it at start, after the app was built)."""
-    global _config
-    _config = config
+    global _config, _slots
+    _config, _slots = config, None
+
+
+def current_config() -> GatewayConfig:
+    return _config
+
+
+def work_slots() -> WorkSlots:
+    """This process's work slots (made on first use, in the event loop that serves requests)."""
+    global _slots
+    if _slots is None:
+        _slots = WorkSlots(_config.work_slots, _config.max_waiting)
+    return _slots
 
 
 class Gateway:
@@ -186,13 +210,6 @@ class Gateway:
         state["request_id"], state["audit"] = request_id, {}
         outcome = {"status": 500, "request_bytes": 0, "response_bytes": 0}
 
-        async def counted_receive() -> dict:
-            message = await receive()
-            outcome["request_bytes"] += len(message.get("body", b""))
-            if outcome["request_bytes"] > self.config.max_body_bytes:
-                raise BodyTooLarge(self.config.max_body_bytes)
-            return message
-
         async def tagged_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
@@ -202,17 +219,32 @@ class Gateway:
                 outcome["response_bytes"] += len(message.get("body", b""))
             await send(message)
 
-        too_large = 413, "body_too_large", f"request bodies are limited to {self.config.max_body_bytes} bytes"
+        config = self.config
+        too_large = 413, "body_too_large", f"request bodies are limited to {config.max_body_bytes} bytes"
         refusal = self._denied(scope)
         if refusal is None and self._too_large(scope):
             refusal = too_large
         try:
             if refusal is not None:
                 await _send_problem(tagged_send, request_id, *refusal)
-            else:
-                await self.app(scope, counted_receive, tagged_send)
+                return
+            body = await read_body(receive, config.max_body_bytes, config.body_timeout_s)
+            outcome["request_bytes"] = body.size
+            with body.file:
+                path = scope["path"].removeprefix(scope.get("root_path", ""))
+                if needs_slot(scope["method"], path):
+                    async with work_slots().hold():
+                        await self.app(scope, body.replay(receive), tagged_send)
+                else:
+                    await self.app(scope, body.replay(receive), tagged_send)
         except BodyTooLarge:
             await _send_problem(tagged_send, request_id, *too_large)
+        except BodyTimeout as late:
+            await _send_problem(tagged_send, request_id, 408, "body_timeout", str(late))
+        except ClientGone:
+            outcome["status"] = 499  # nginx's "client closed request": nobody is left to answer
+        except Overloaded as busy:
+            await _send_problem(tagged_send, request_id, 503, "overloaded", str(busy), config.retry_after_s)
         finally:
             self._record(scope, outcome, time.perf_counter() - start)
 

@@ -171,21 +171,25 @@ class JobStore:
         self.record(job_id)  # UnknownJob when there is none
         shutil.rmtree(self._dir(job_id), ignore_errors=True)
 
-    def sweep(self) -> None:
+    def sweep(self, now: bool = False) -> int:
         """Delete finished jobs past the retention, and folders left without a state (a replica that stopped while
-        saving uploads) as old; at most once per `SWEEP_INTERVAL_S`."""
-        if time.monotonic() - self._swept < SWEEP_INTERVAL_S:
-            return
-        self._swept = time.monotonic()
-        now = _now()
+        saving uploads) as old; at most once per `SWEEP_INTERVAL_S` unless `now`. Returns how many it deleted."""
+        if not now and time.monotonic() - self._swept < SWEEP_INTERVAL_S:
+            return 0
+        self._swept, swept = time.monotonic(), 0
+        if not self.folder.is_dir():
+            return 0
+        now_utc = _now()
         for folder in self.folder.iterdir():
             if not JOB_ID.match(folder.name):
                 continue
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
                 try:
                     info = self.info(folder.name)
-                    expired = info.state in FINISHED and (now - info.updated).total_seconds() > self.retention_s
+                    expired = info.state in FINISHED and (now_utc - info.updated).total_seconds() > self.retention_s
                 except UnknownJob:
                     expired = time.time() - folder.stat().st_mtime > self.retention_s
                 if expired:
                     shutil.rmtree(folder, ignore_errors=True)
+                    swept += 1
+        return swept

@@ -18,6 +18,7 @@ import logging
 
 from fastapi import UploadFile
 
+from promptseg.inference.budget import Limits, OverBudget
 from promptseg.inference.errors import InvalidInput
 from promptseg.serving.api_models import JobInfo, Problem, SegmentRequest, SegmentResponse
 from promptseg.serving.job_store import FINISHED, HEARTBEAT_S, JobRecord, JobStore, UnknownJob
@@ -32,6 +33,8 @@ UPLOAD_FIELDS = ("volume", "queries", "prompt_images", "prompt_masks")
 
 def failure_problem(error: Exception) -> Problem:
     """The problem POST /v1/segment would answer for `error`."""
+    if isinstance(error, OverBudget):
+        return Problem.of(413, "over_budget", error.problem, error.file)
     if isinstance(error, InvalidInput):
         return Problem.of(422, "invalid_input", error.problem, error.file)
     if isinstance(error, UnknownTask):
@@ -40,10 +43,11 @@ def failure_problem(error: Exception) -> Problem:
 
 
 class JobRunner:
-    """The jobs this replica accepted: their asyncio tasks and the slots they wait for."""
+    """The jobs this replica accepted: their asyncio tasks and the slots they wait for; each job works within
+    `limits` (larger than a request's: fewer jobs run at once)."""
 
-    def __init__(self, store: JobStore, service: SegmentationService, slots: int) -> None:
-        self.store, self.service = store, service
+    def __init__(self, store: JobStore, service: SegmentationService, slots: int, limits: Limits) -> None:
+        self.store, self.service, self.limits = store, service, limits
         self._slots = asyncio.Semaphore(slots)
         self._tasks: dict[str, asyncio.Task] = {}
 
@@ -121,7 +125,7 @@ class JobRunner:
             volume = uploads["volume"][0] if uploads["volume"] else None
             prompts = PromptFiles(uploads["prompt_images"], uploads["prompt_masks"])
             files = SegmentFiles(uploads["queries"], volume, prompts)
-            outcome = await self.service.segment(request, files, {"job_id": job_id})
+            outcome = await self.service.segment(request, files, {"job_id": job_id}, self.limits)
         return await segment_response(outcome, request_id)
 
 

@@ -46,10 +46,27 @@ def _volume_bytes(labels: np.ndarray, outcome: Segmented) -> bytes:
     return encode_labels(labels, outcome.values, "npy")
 
 
+def _volume_labels(outcome: Segmented) -> np.ndarray:
+    """`label_map` of the volume, one label's probability map at a time: the most probable label (the first of
+    equals) where its probability is above the threshold. Holds one label's map, the best so far and the labels."""
+    values = outcome.values
+    labels, best = None, None
+    for value in values:
+        probability = outcome.volume_map(str(value), "probability")
+        if best is None:
+            best, labels = probability, np.full(probability.shape, value, np.uint8 if max(values) <= 255 else np.uint16)
+            continue
+        wins = probability > best
+        labels[wins] = value
+        np.maximum(best, probability, out=best)
+        del probability, wins
+    labels[best <= outcome.request.threshold] = 0
+    return labels
+
+
 def _volume_result(outcome: Segmented) -> VolumeResult:
     volume, values, request, parts = outcome.volume, outcome.values, outcome.request, outcome.parts
-    labels = label_map(outcome.volume_maps("probability"), values, request.threshold)
-    labels = labels.astype(np.uint8 if max(values, default=0) <= 255 else np.uint16)
+    labels = _volume_labels(outcome)
     if request.largest_component:
         labels = largest_components(labels, values)
     data = _volume_bytes(labels, outcome)
@@ -63,9 +80,9 @@ def _volume_result(outcome: Segmented) -> VolumeResult:
         foreground_fraction=_fractions(labels, values),
     )
     if request.uncertainty:
-        maps = outcome.volume_maps("uncertainty")
+        maps = [outcome.volume_map(str(value), "uncertainty").astype(np.float16) for value in values]
         stacked = maps[0] if len(maps) == 1 else np.stack(maps)
-        result.uncertainty_npy_base64 = _base64(npy_bytes(stacked.astype(np.float16)))
+        result.uncertainty_npy_base64 = _base64(npy_bytes(stacked))
     if request.model_input:
         result.model_input_npy_base64 = _base64(npy_bytes(parts[0][0].grid.astype(np.float16)))
     return result

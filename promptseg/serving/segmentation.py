@@ -7,7 +7,9 @@ model's), encodes inline prompts or takes a registered task's encodings from the
 normalized, resampled to the request's target spacing or the model's, sliced, fitted to the grid), so the network
 receives model-grid slices, and results go back onto the volume's grid. Query slices go to a per-replica batch
 (`serve.batch`): jobs of concurrent requests against the same task encodings and intensity run as one forward
-pass. Thresholding and encoding the result are promptseg.serving.responses' job.
+pass. A volume's slices go in chunks of `VOLUME_CHUNK`, so other requests' queries are batched between them and
+the request's time budget is checked after each. Thresholding and encoding the result are
+promptseg.serving.responses' job.
 """
 
 from __future__ import annotations
@@ -47,11 +49,14 @@ from promptseg.serving.volume_parts import (
     group_for,
     prepare,
     volume_axes,
+    volume_format,
+    volume_work_bytes,
 )
 from storage.harmonize import NormalizationParams
 from storage.preparation import Preparation
 
 LabelMaps = dict[str, list[Segmentation]]
+VOLUME_CHUNK = 16  # slices of one volume per batch job
 
 
 @dataclass(frozen=True)
@@ -113,12 +118,13 @@ class Segmented:
     timings_ms: dict[str, float]
     names: dict[int, str]
 
-    def volume_maps(self, kind: str) -> list[np.ndarray]:
-        """Each label's `kind` map ("probability" or "uncertainty") on the volume's grid, averaged over the parts."""
-        return [
-            np.mean([part.to_source([getattr(m, kind) for m in maps[label]]) for part, maps in self.parts], axis=0)
-            for label in self.parts[0][1]
-        ]
+    def volume_map(self, label: str, kind: str) -> np.ndarray:
+        """One label's `kind` map ("probability" or "uncertainty") on the volume's grid, averaged over the parts."""
+        total = None
+        for part, maps in self.parts:
+            back = part.to_source([getattr(m, kind) for m in maps[label]])
+            total = back if total is None else np.add(total, back, out=total)
+        return total / np.float32(len(self.parts)) if len(self.parts) > 1 else total
 
 
 class SegmentationService:
@@ -131,9 +137,10 @@ class SegmentationService:
         self._run_jobs.set_max_batch_size(max_batch_size)
         self._run_jobs.set_batch_wait_timeout_s(batch_wait_s)
 
-    def _budget(self, files: int, labels: list[int] | None) -> Budget:
-        """A new request's decoding budget, charged with its files and label values (before any is read)."""
-        budget = Budget(self.limits)
+    def _budget(self, files: int, labels: list[int] | None, limits: Limits | None = None) -> Budget:
+        """A new request's budget under `limits` (else the service's), charged with its files and label values
+        (before any is read)."""
+        budget = Budget(limits or self.limits)
         budget.count_files("files", files)
         budget.count_labels("labels", len(labels or ()))
         return budget
@@ -217,13 +224,18 @@ class SegmentationService:
     def delete_task(self, task_id: str) -> None:
         self.tasks.delete(task_id)
 
-    async def segment(self, request: SegmentRequest, files: SegmentFiles, audit: dict[str, object]) -> Segmented:
-        """Decode the files, encode the prompts (or take the task's encodings) and segment every query or slice."""
+    async def segment(
+        self, request: SegmentRequest, files: SegmentFiles, audit: dict[str, object], limits: Limits | None = None
+    ) -> Segmented:
+        """Decode the files, encode the prompts (or take the task's encodings) and segment every query or slice,
+        within the request's budget (`limits`, a job's, else the service's)."""
         start = time.perf_counter()
         serving = self.model.current()
         audit.update(task_id=request.task_id, model_version=serving.version, ensemble=request.ensemble)
-        inputs = await self._decode(request, files)
+        budget = self._budget(files.count, request.labels, limits)
+        inputs = await self._decode(request, files, budget)
         decoded = time.perf_counter()
+        budget.check_time("prompts")
 
         if inputs.prompts is not None:  # inline prompts take the request's recipe, never the volume's
             encode = serving.predictor.encode_labels
@@ -254,11 +266,23 @@ class SegmentationService:
         if volume is not None:
             spacing = request.target_spacing or serving.preparation.get("target_spacing") or volume.scan.spacing
             preparation = Preparation(intensity, tuple(spacing), serving.predictor.resolution)
-            for axis in volume_axes(request, inputs.axis, groups):
-                group, encodings = group_for(groups, axis, request.task_id)
-                prepared = await asyncio.to_thread(prepare, volume, preparation, axis)
-                job = SegmentJob((encodings_key, group), serving.predictor, encodings, list(prepared.grid), MODEL_GRID)
-                parts.append((prepared, await self._segment(job)))
+            axes = volume_axes(request, inputs.axis, groups)
+            n_labels = len(next(iter(groups.values())))
+            scan = volume.scan
+            work = volume_work_bytes(
+                scan.array.shape, scan.spacing, tuple(spacing), preparation.resolution, axes, n_labels
+            )
+            budget.charge(volume.name, work_bytes=work)
+            for prepared in await asyncio.to_thread(prepare, volume, preparation, axes):
+                group, encodings = group_for(groups, prepared.axis, request.task_id)
+                maps: LabelMaps = {}
+                for first in range(0, len(prepared.grid), VOLUME_CHUNK):
+                    budget.check_time("volume")
+                    chunk = list(prepared.grid[first : first + VOLUME_CHUNK])
+                    job = SegmentJob((encodings_key, group), serving.predictor, encodings, chunk, MODEL_GRID)
+                    for label, label_maps in (await self._segment(job)).items():
+                        maps.setdefault(label, []).extend(label_maps)
+                parts.append((prepared, maps))
             n_queries = sum(len(prepared.grid) for prepared, _ in parts)
         else:
             group, encodings = group_for(groups, request.axis if request.axis is not None else 2, request.task_id)
@@ -289,10 +313,9 @@ class SegmentationService:
             },
         )
 
-    async def _decode(self, request: SegmentRequest, files: SegmentFiles) -> _Inputs:
+    async def _decode(self, request: SegmentRequest, files: SegmentFiles, budget: Budget) -> _Inputs:
         """The inline prompts (or the registered task's recipe, its label values checked), then the queries."""
         inputs = _Inputs()
-        budget = self._budget(files.count, request.labels)
         if request.task_id is None:
             files.prompts.check_count(self.model.current().predictor.n_max)
             inputs.prompts = await files.prompts.prompts(request.labels, budget)
@@ -303,7 +326,7 @@ class SegmentationService:
                 raise InvalidInput("labels", f"the task has labels {header.labels}, not {request.labels}")
         if files.volume is not None:
             name, data = await files.volume_upload()
-            inputs.volume_format = _volume_format(request, volume_kind(name, data))
+            inputs.volume_format = volume_format(request, volume_kind(name, data))
             for_seg = inputs.volume_format == "dicom-seg"
             inputs.volume = await asyncio.to_thread(read_volume, name, data, budget, for_seg)
             inputs.axis = inputs.volume.default_axis if request.axis is None else request.axis
@@ -367,12 +390,3 @@ def _task_info(header: TaskHeader) -> TaskInfo:
         pixel_spacing=header.pixel_spacing,
         axes=header.axes,
     )
-
-
-def _volume_format(request: SegmentRequest, kind: str) -> str:
-    """The requested result format, by default the input's own (DICOM SEG for DICOM, NIfTI for NIfTI), checked
-    against the input's kind before it is decoded."""
-    volume_format = request.volume_format or ("dicom-seg" if kind == "dicom" else "nifti")
-    if (volume_format, kind) in {("dicom-seg", "nifti"), ("nifti", "dicom")}:
-        raise InvalidInput("volume_format", f"{volume_format} output needs {volume_format[:5]} input")
-    return volume_format

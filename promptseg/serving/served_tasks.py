@@ -18,6 +18,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,7 +155,9 @@ class ServedTasks:
     ) -> str:
         task_id = task_content_id(images, masks, modality, window, pixel_spacing, names, prompt_axes, axis_spacing)
         path = self._path(task_id)
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # registered again: used
+        else:
             arrays = {f"image_{i}": a for i, a in enumerate(images)} | {
                 f"mask_{label}_{i}": m for label, label_masks in masks.items() for i, m in enumerate(label_masks)
             }
@@ -225,9 +228,22 @@ class ServedTasks:
         return found
 
     def describe(self, task_id: str) -> tuple[NormalizationParams, TaskHeader]:
-        """The task's intensity recipe and its header."""
+        """The task's intensity recipe and its header, for segmenting against it: the task is marked used (its
+        file's time, from which `purge` counts)."""
         header = self.header(task_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._path(task_id))
         return intensity_recipe(header.modality, header.window), header
+
+    def purge(self, unused_s: float) -> int:
+        """Delete the tasks not registered or segmented against for `unused_s` seconds; returns how many."""
+        cutoff, purged = time.time() - unused_s, 0
+        for path in self.folder.glob("*.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                if TASK_ID.match(path.stem) and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    purged += 1
+        return purged
 
     def delete(self, task_id: str) -> None:
         try:

@@ -270,7 +270,7 @@ def _bad_inputs(http_files: dict[str, list[Path]]) -> dict[str, tuple[dict, str,
             "path traversal",
         ),
         "zip decompression bomb": (
-            {**prompts, "volume": [("s.zip", _zip({"a.dcm": bytes(65 << 20)}))]},
+            {**prompts, "volume": [("s.zip", _zip({"a.dcm": bytes(257 << 20)}))]},
             "invalid_input",
             "decompression bomb",
         ),

@@ -1,15 +1,18 @@
-"""Operating the endpoint over real HTTP: the API key, overload answers, a replica restart, concurrent clients
-(batched per replica), a reload after the champion alias moves, and the metrics. A second application
-(`/secure`: API key, one request at a time) shares the session's Ray Serve and task folder with the main one."""
+"""Operating the endpoint over real HTTP: the API key, overload answers, slow uploads, a replica restart, concurrent
+clients (batched per replica), a reload after the champion alias moves, and the metrics. A second application
+(`/secure`: API key, one work slot and one waiting request, bodies due within 3 s) shares the session's Ray Serve
+and task folder with the main one."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import nibabel as nib
 import numpy as np
 import pytest
 import ray
@@ -30,8 +33,8 @@ SECURE = "promptseg-secure"
 
 @pytest.fixture(scope="module")
 def secure(settings: Settings, served: str) -> str:
-    """The second application: API key on, one request in flight and one queued at most."""
-    limits = {"max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}
+    """The second application: API key on, one request working and one waiting at most, bodies due in 3 s."""
+    limits = {"work_slots": 1, "max_waiting": 1, "max_batch_size": 1, "body_timeout_s": 3.0}
     options = options_from(settings.serve.model_copy(update={"api_key": SecretStr(API_KEY), **limits}))
     return deploy(settings.registry.tracking_uri, settings.registry.model_name, CHAMPION, options, SECURE, "/secure")
 
@@ -85,17 +88,88 @@ def test_overload_is_answered_quickly_with_503(secure: str, raw_sources: list[Pa
     fields += [("prompt_images", (p.name, p.read_bytes())) for p in http_files["images"]]
     fields += [("prompt_masks", (p.name, p.read_bytes())) for p in http_files["masks"]]
 
-    def call(_: int) -> tuple[int, float]:
+    def call(_: int) -> tuple[httpx.Response, float]:
         start = time.perf_counter()
         response = httpx.post(f"{secure}/v1/segment", files=fields, headers={"X-API-Key": API_KEY}, timeout=120)
-        return response.status_code, time.perf_counter() - start
+        return response, time.perf_counter() - start
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, range(8)))
-    statuses = [status for status, _ in answers]
+    statuses = [response.status_code for response, _ in answers]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
-    slowest_success = max(seconds for status, seconds in answers if status == 200)
-    assert all(seconds < slowest_success for status, seconds in answers if status == 503)  # refused, not queued
+    slowest_success = max(seconds for response, seconds in answers if response.status_code == 200)
+    for response, seconds in answers:
+        if response.status_code == 503:
+            assert seconds < slowest_success  # refused, not queued
+            assert response.headers["retry-after"] == "5" and response.json()["code"] == "overloaded"
+            assert response.headers["content-type"] == "application/problem+json"
+
+
+def _slow_upload(url: str, path: str, declared: int) -> socket.socket:
+    """A client that sends its headers and the first bytes of a body of `declared` bytes, then stalls."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    connection = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    connection.sendall(f"{head}Content-Length: {declared}\r\nX-API-Key: {API_KEY}\r\n\r\n--b\r\n".encode())
+    connection.setblocking(False)
+    return connection
+
+
+def _answered(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return False
+
+
+def test_slow_uploads_hold_no_work_slot_and_time_out_with_408(
+    secure: str, served: str, http_files: dict[str, list[Path]]
+) -> None:
+    stalled = [_slow_upload(served, "/v1/segment", 1 << 20) for _ in range(8)]  # as many as the work slots
+    try:
+        time.sleep(1.0)  # every stalled body has reached the replica
+        with PromptSegClient(served, retries=0) as client:
+            answer = client.segment(http_files["images"], http_files["masks"], http_files["queries"], modality="MR")
+        assert len(answer.masks) == 2 and not any(_answered(c) for c in stalled)  # answered before any of them
+    finally:
+        for connection in stalled:
+            connection.close()
+
+    late = _slow_upload(secure, "/secure/v1/segment", 1 << 20)  # the secure app wants bodies within 3 s
+    late.setblocking(True)
+    late.settimeout(30)
+    start = time.monotonic()
+    reply = late.recv(4096).decode()
+    late.close()
+    assert reply.startswith("HTTP/1.1 408") and "body_timeout" in reply and time.monotonic() - start < 15, reply
+    with PromptSegClient(secure, api_key=API_KEY, retries=0) as client:  # its only work slot is free
+        answer = client.segment(http_files["images"], http_files["masks"], http_files["queries"][:1], modality="MR")
+    assert len(answer.masks) == 1
+
+
+def test_a_long_volume_does_not_hold_up_another_clients_query(
+    served: str, http_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    long = tmp_path / "long.nii.gz"  # 600 slices of 2 × 2 voxels: a few hundred bytes, 600 slices to segment
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 600), np.int16), np.eye(4)), long)
+    with PromptSegClient(served) as client:
+        task = client.create_task(http_files["images"], http_files["masks"], "MR").task_id
+    finished: dict[str, float] = {}
+
+    def volume() -> None:
+        with PromptSegClient(served, retries=0) as client:
+            answer = client.segment_volume(long, task_id=task, axis=2, target_spacing=(1.0, 1.0, 1.0))
+            assert answer.volume.n_slices == 600
+        finished["volume"] = time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(volume)
+        time.sleep(1.0)  # the volume's slices are going through the network
+        with PromptSegClient(served, retries=0) as client:
+            assert len(client.segment_task(task, http_files["queries"]).masks) == 2
+        finished["query"] = time.monotonic()
+        running.result()
+    assert finished["query"] < finished["volume"]  # its batch ran between the volume's chunks
 
 
 def _replica_names(app_name: str) -> set[str]:
