@@ -37,6 +37,12 @@ def train(
     checkpoint_every: int = 50,
     max_failures: Annotated[int, typer.Option(help="Worker failures survived by restarting from a checkpoint.")] = 2,
     register: bool = True,
+    quick_evaluation: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate", help="Run the quick held-out evaluation after training (else `evaluate` later)."
+        ),
+    ] = True,
     bottleneck: Annotated[bool, typer.Option(help="Variational information bottleneck on the prompt tokens.")] = False,
     pretrained_encoder: Annotated[
         Path | None, typer.Option(exists=True, help="Local SAM / SAM-Med2D ViT weights for the image encoder.")
@@ -45,7 +51,7 @@ def train(
     augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
 ) -> None:
     """Train an in-context network with Ray Train (progress from rank 0 on stderr), run the quick held-out evaluation
-    and register the result as the `challenger` version."""
+    (unless --no-evaluate) and register the result as the `challenger` version."""
     if resume and not run_name:
         raise typer.BadParameter("--resume continues the run named by --run-name", param_hint="--resume")
     options = (
@@ -67,7 +73,10 @@ def train(
         }
     )
     settings_in_force = settings(ctx)
-    show(stages.train(settings_in_force, run_name=run_name, resume=resume, register=register, **options))
+    trained = stages.train(
+        settings_in_force, run_name=run_name, resume=resume, register=register, evaluate=quick_evaluation, **options
+    )
+    show(trained)
     where_to_look(settings_in_force)
 
 
