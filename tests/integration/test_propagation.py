@@ -138,11 +138,25 @@ def test_predict_segments_a_folder_and_reports_a_bad_scan(
     assert written.shape == nib.load(SAMPLE / "image.nii.gz").shape
 
 
-def test_a_task_with_prompts_on_every_axis_segments_a_volume_with_the_axes_fused(served: str) -> None:
-    image = SAMPLE / "image.nii.gz"
+@pytest.fixture(scope="module")
+def around_the_spleen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sample CT and its labels cropped to the spleen's box and 8 voxels around it (same affine frame)."""
+    label = nib.load(SAMPLE / "label.nii.gz")
+    found = np.argwhere(np.asarray(label.dataobj) == SPLEEN)
+    box = tuple(slice(max(low - 8, 0), high + 9) for low, high in zip(found.min(0), found.max(0), strict=True))
+    folder = tmp_path_factory.mktemp("spleen")
+    for name, volume in (("image", nib.load(SAMPLE / "image.nii.gz")), ("label", label)):
+        nib.save(volume.slicer[box], folder / f"{name}.nii.gz")
+    return folder / "image.nii.gz", folder / "label.nii.gz"
+
+
+def test_a_task_with_prompts_on_every_axis_segments_a_volume_with_the_axes_fused(
+    served: str, around_the_spleen: tuple[Path, Path]
+) -> None:
+    image, label = around_the_spleen
     with PromptSegClient(served) as client:
         task = client.create_task_from_volume(
-            image, SAMPLE / "label.nii.gz", VolumeTaskRequest(labels=[SPLEEN], names=["spleen"], all_axes=True)
+            image, label, VolumeTaskRequest(labels=[SPLEEN], names=["spleen"], all_axes=True)
         )
         spacing = tuple(float(s) for s in nib.load(image).header.get_zooms())
         fused = client.segment_volume(
@@ -150,7 +164,7 @@ def test_a_task_with_prompts_on_every_axis_segments_a_volume_with_the_axes_fused
         )
         single = client.segment_volume(image, task.task_id, request=SegmentRequest(axis=2, target_spacing=spacing))
         with pytest.raises(APIError) as refused:
-            client.segment_volume(image, single_axis_task(client), request=SegmentRequest(fuse_axes=True))
+            client.segment_volume(image, single_axis_task(client, image, label), request=SegmentRequest(fuse_axes=True))
     assert task.axes == [0, 1, 2] and task.n_prompts > 3
     shape = nib.load(image).shape
     assert fused.volume.axis is None and fused.volume.n_slices == sum(shape)  # every slice of every axis
@@ -159,6 +173,5 @@ def test_a_task_with_prompts_on_every_axis_segments_a_volume_with_the_axes_fused
     assert refused.value.status == 422 and refused.value.file == "fuse_axes"
 
 
-def single_axis_task(client: PromptSegClient) -> str:
-    request = VolumeTaskRequest(labels=[SPLEEN])
-    return client.create_task_from_volume(SAMPLE / "image.nii.gz", SAMPLE / "label.nii.gz", request).task_id
+def single_axis_task(client: PromptSegClient, image: Path, label: Path) -> str:
+    return client.create_task_from_volume(image, label, VolumeTaskRequest(labels=[SPLEEN])).task_id
