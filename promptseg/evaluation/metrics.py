@@ -1,4 +1,6 @@
-"""Segmentation metrics on binary masks given as numpy arrays (nonzero = foreground), computed with MONAI.
+"""Segmentation metrics on binary masks given as numpy arrays (nonzero = foreground): Dice and IoU with MONAI,
+the 95th-percentile Hausdorff distance with SciPy by MONAI's definition (MONAI's own call costs about 9 ms a 64²
+mask in tensor bookkeeping, half of a quick evaluation; tests/unit/test_metrics.py checks both agree).
 
 Dice and IoU are 1.0 when both masks are empty. The 95th-percentile Hausdorff distance (`hd95`) is 0.0 when
 both masks are empty and nan when exactly one is (undefined); `summarize` skips such nan values.
@@ -7,12 +9,12 @@ both masks are empty and nan when exactly one is (undefined); `summarize` skips 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+from monai.metrics import compute_dice, compute_iou
+from scipy import ndimage
 
 
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
@@ -31,23 +33,25 @@ def iou_score(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def hd95(prediction: np.ndarray, target: np.ndarray, spacing: float | Sequence[float] | None = None) -> float:
-    """95th-percentile symmetric Hausdorff distance between the mask boundaries, MONAI's definition.
+    """95th-percentile symmetric Hausdorff distance between the mask boundaries, MONAI's definition
+    (`compute_hausdorff_distance(percentile=95)`): a mask's boundary is its pixels that a binary erosion removes;
+    each boundary pixel's Euclidean distance to the other boundary, the 95th percentile (linear interpolation) of
+    each direction's distances, and the larger of the two.
 
     `spacing` is the pixel size, one number or one per axis (default 1: the result is in pixels). Both masks
-    empty → 0.0; exactly one empty → nan. MONAI is only called with two non-empty masks, so it never warns.
-    Its many tiny torch ops run best single-threaded: on a busy CPU, `torch.set_num_threads(1)` can make it 10× faster.
+    empty → 0.0; exactly one empty → nan.
     """
-    pred_any, true_any = bool(np.any(prediction)), bool(np.any(target))
+    masks = [np.asarray(mask, dtype=bool) for mask in (prediction, target)]
+    pred_any, true_any = (bool(mask.any()) for mask in masks)
     if not (pred_any and true_any):
         return 0.0 if pred_any == true_any else math.nan
-    if spacing is not None:  # MONAI rejects mixed int/float sequences
-        spacing = float(spacing) if np.isscalar(spacing) else [float(s) for s in spacing]
-    with warnings.catch_warnings():  # MONAI 1.6 triggers its own deprecation warning inside get_mask_edges
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        distance = compute_hausdorff_distance(
-            _as_batch(prediction), _as_batch(target), include_background=True, percentile=95, spacing=spacing
-        )
-    return float(distance)
+    sampling = 1.0 if spacing is None else spacing
+    edges = [mask ^ ndimage.binary_erosion(mask) for mask in masks]
+    directed = [
+        ndimage.distance_transform_edt(~other, sampling=sampling)[edge].astype(np.float32)
+        for edge, other in ((edges[0], edges[1]), (edges[1], edges[0]))
+    ]
+    return float(max(np.percentile(distances, 95) for distances in directed))
 
 
 def segmentation_metrics(
