@@ -79,19 +79,23 @@ class Budget:
             raise OverBudget(name, f"volume of shape {tuple(shape)} has over {limit} slices on an axis")
         self.charge(name, shape, itemsize)
 
-    def charge(self, name: str, shape: tuple[int, ...] = (), itemsize: int = 0, work_bytes: int = 0) -> None:
-        """Charge a file about to be decoded to `shape` pixels of `itemsize` bytes each, or the `work_bytes` the
-        work on a decoded file will hold (a volume's preparation and results)."""
+    def charge(self, name: str, shape: tuple[int, ...], itemsize: int) -> None:
+        """Charge a file about to be decoded to `shape` pixels of `itemsize` bytes each."""
         if any(int(n) < 0 for n in shape):
             raise InvalidInput(name, f"declares a negative size {tuple(shape)}")
-        count = 1 if shape else 0
+        count = 1
         for n in shape:
             count *= int(n)
         self.pixels += count
-        self.decoded_bytes += count * (itemsize + WORKING_BYTES) + work_bytes
         if self.pixels > self.limits.max_pixels:
             limit = self.limits.max_pixels
             raise OverBudget(name, f"the request's files hold {self.pixels} pixels/voxels, over its limit of {limit}")
+        self.charge_work(name, count * (itemsize + WORKING_BYTES))
+
+    def charge_work(self, name: str, work_bytes: int) -> None:
+        """Charge `work_bytes` more held for the file `name` (its decoded pixels, or a volume's preparation and
+        results)."""
+        self.decoded_bytes += work_bytes
         if self.decoded_bytes > self.limits.max_decoded_bytes:
             raise OverBudget(
                 name,

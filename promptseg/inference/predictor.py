@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -67,12 +68,22 @@ def intensity_recipe(
     return recipe
 
 
-def label_map(probabilities: Sequence[np.ndarray], values: Sequence[int], threshold: float) -> np.ndarray:
+def label_map(
+    probabilities: Iterable[np.ndarray], values: Sequence[int], threshold: float, dtype: DTypeLike = np.int64
+) -> np.ndarray:
     """The label map of one query from each label's probability map (`values` in the same order): the most probable
-    label where its probability is above `threshold`, 0 elsewhere; one label's map is its mask times its value."""
-    stacked = np.stack(probabilities)
-    best = stacked.argmax(0)
-    return np.where(stacked.max(0) > threshold, np.array([int(v) for v in values])[best], 0)
+    label (the first of equals) where its probability is above `threshold`, 0 elsewhere; one label's map is its
+    mask times its value. The maps are taken one at a time (a volume's may be made lazily): besides the one at
+    hand, only the best probability so far and the labels are held."""
+    labels, best = None, None
+    for value, probability in zip(values, probabilities, strict=True):
+        if best is None:
+            best, labels = np.array(probability, copy=True), np.full(probability.shape, value, dtype)
+            continue
+        labels[probability > best] = value
+        np.maximum(best, probability, out=best)
+    labels[best <= threshold] = 0
+    return labels
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ body read within its deadline, a work slot, audit log line and metrics (one ASGI
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -232,10 +233,8 @@ class Gateway:
             outcome["request_bytes"] = body.size
             with body.file:
                 path = scope["path"].removeprefix(scope.get("root_path", ""))
-                if needs_slot(scope["method"], path):
-                    async with work_slots().hold():
-                        await self.app(scope, body.replay(receive), tagged_send)
-                else:
+                slot = work_slots().hold() if needs_slot(scope["method"], path) else contextlib.nullcontext()
+                async with slot:
                     await self.app(scope, body.replay(receive), tagged_send)
         except BodyTooLarge:
             await _send_problem(tagged_send, request_id, *too_large)

@@ -46,27 +46,10 @@ def _volume_bytes(labels: np.ndarray, outcome: Segmented) -> bytes:
     return encode_labels(labels, outcome.values, "npy")
 
 
-def _volume_labels(outcome: Segmented) -> np.ndarray:
-    """`label_map` of the volume, one label's probability map at a time: the most probable label (the first of
-    equals) where its probability is above the threshold. Holds one label's map, the best so far and the labels."""
-    values = outcome.values
-    labels, best = None, None
-    for value in values:
-        probability = outcome.volume_map(str(value), "probability")
-        if best is None:
-            best, labels = probability, np.full(probability.shape, value, np.uint8 if max(values) <= 255 else np.uint16)
-            continue
-        wins = probability > best
-        labels[wins] = value
-        np.maximum(best, probability, out=best)
-        del probability, wins
-    labels[best <= outcome.request.threshold] = 0
-    return labels
-
-
 def _volume_result(outcome: Segmented) -> VolumeResult:
     volume, values, request, parts = outcome.volume, outcome.values, outcome.request, outcome.parts
-    labels = _volume_labels(outcome)
+    maps = (outcome.volume_map(str(value), "probability") for value in values)
+    labels = label_map(maps, values, request.threshold, np.uint8 if max(values) <= 255 else np.uint16)
     if request.largest_component:
         labels = largest_components(labels, values)
     data = _volume_bytes(labels, outcome)

@@ -272,7 +272,7 @@ class SegmentationService:
             work = volume_work_bytes(
                 scan.array.shape, scan.spacing, tuple(spacing), preparation.resolution, axes, n_labels
             )
-            budget.charge(volume.name, work_bytes=work)
+            budget.charge_work(volume.name, work)
             for prepared in await asyncio.to_thread(prepare, volume, preparation, axes):
                 group, encodings = group_for(groups, prepared.axis, request.task_id)
                 maps: LabelMaps = {}

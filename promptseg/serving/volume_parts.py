@@ -122,7 +122,7 @@ def most_slices_allowed(
         try:
             budget = Budget(limits)
             budget.charge_volume("volume", shape, itemsize)
-            budget.charge("volume", work_bytes=volume_work_bytes(shape, spacing, target_spacing, resolution, [2], 1))
+            budget.charge_work("volume", volume_work_bytes(shape, spacing, target_spacing, resolution, [2], 1))
         except OverBudget:
             return False
         return True
