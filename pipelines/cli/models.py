@@ -44,6 +44,9 @@ def train(
         ),
     ] = True,
     bottleneck: Annotated[bool, typer.Option(help="Variational information bottleneck on the prompt tokens.")] = False,
+    priors: Annotated[
+        str, typer.Option(help="PromptSeg's priors: a comma list of prototypes, intensity, location, or none.")
+    ] = "prototypes,intensity,location",
     pretrained_encoder: Annotated[
         Path | None, typer.Option(exists=True, help="Local SAM / SAM-Med2D ViT weights for the image encoder.")
     ] = None,
@@ -54,6 +57,15 @@ def train(
     (unless --no-evaluate) and register the result as the `challenger` version."""
     if resume and not run_name:
         raise typer.BadParameter("--resume continues the run named by --run-name", param_hint="--resume")
+    from promptseg.nets.model import PRIOR_NAMES, check_priors
+
+    names = [] if priors.strip().lower() == "none" else [name.strip() for name in priors.split(",") if name.strip()]
+    try:
+        names = list(check_priors(names))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--priors") from None
+    if size == Size.universeg and tuple(names) != PRIOR_NAMES:
+        raise typer.BadParameter("priors are a PromptSeg option; UniverSeg has none", param_hint="--priors")
     options = (
         {}
         if resume
@@ -67,6 +79,7 @@ def train(
             "checkpoint_every": checkpoint_every,
             "max_failures": max_failures,
             "bottleneck": bottleneck,
+            "priors": names,
             "pretrained_encoder": str(pretrained_encoder.resolve()) if pretrained_encoder else "",
             "synthetic_fraction": synthetic_fraction,
             "augment": {} if augment else {"enabled": False},

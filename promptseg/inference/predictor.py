@@ -12,14 +12,18 @@ keep their physical aspect in the grid as store slices do. Probabilities become 
 only: `label_map`, with a threshold.
 
 Ensembling: with `ensemble=K > 1`, a task is encoded K times, each from a random subset of its prompts
-(`subset_fraction` of them); probabilities are averaged. The uncertainty map is the binary entropy (bits, in
-[0, 1]) of the averaged probability, so it grows where the members disagree as well as where each is unsure.
+(`subset_fraction` of them); probabilities are averaged. Subsets are drawn from the prompts' content, not their
+positions: prompts are put in the order of a hash of their model-grid image and mask, and the draw is seeded by the
+predictor's seed and the hashes, so the same prompts in any order give the same subsets and the same results.
+The uncertainty map is the binary entropy (bits, in [0, 1]) of the averaged probability, so it grows where the
+members disagree as well as where each is unsure.
 Several labels of the same prompt images encode and segment in one batched call (`encode_labels`,
 `segment_labels`). CPU and CUDA (bf16 autocast) alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -197,13 +201,26 @@ class Predictor:
             if not np.isin(mask, (0, 1)).all():
                 raise InvalidInput(f"prompt_masks[{index}]", "mask is not binary (values other than 0 and 1)")
 
-    def _subsets(self, n: int, ensemble: int) -> list[np.ndarray]:
-        """The ensemble's prompt subsets: all prompts once, or K random subsets of `subset_fraction` of them."""
+    def _subsets(self, images: np.ndarray, masks: np.ndarray, ensemble: int) -> list[np.ndarray]:
+        """The ensemble's prompt subsets (indices into the prompts): all prompts once, or K random subsets of
+        `subset_fraction` of them. Both depend on the prompts' content only: prompts go in the order of a hash of
+        their model-grid image and mask, and the draw is seeded by the predictor's seed and those hashes, so the
+        same prompts in any order give the same subsets, in the same order (equal pairs are interchangeable)."""
+        n = len(images)
+        digests = [
+            hashlib.blake2b(
+                np.ascontiguousarray(image, np.float32).tobytes() + np.ascontiguousarray(mask, np.float32).tobytes(),
+                digest_size=16,
+            ).digest()
+            for image, mask in zip(images, masks, strict=True)
+        ]
+        order = np.array(sorted(range(n), key=digests.__getitem__), dtype=np.int64)
         size = max(1, math.ceil(n * self.subset_fraction))
         if ensemble == 1 or size == n:
-            return [np.arange(n)]
-        rng = np.random.default_rng([self.seed, n])
-        return [np.sort(rng.choice(n, size, replace=False)) for _ in range(ensemble)]
+            return [order]
+        content = hashlib.blake2b(b"".join(sorted(digests)), digest_size=16).digest()
+        rng = np.random.default_rng([self.seed, n, int.from_bytes(content, "little")])
+        return [order[np.sort(rng.choice(n, size, replace=False))] for _ in range(ensemble)]
 
     def encode_labels(
         self,
@@ -228,16 +245,16 @@ class Predictor:
         images = np.stack(
             [self._to_grid(im, modality, f"prompt_images[{i}]", spacing)[0] for i, im in enumerate(prompt_images)]
         )
-        subsets = self._subsets(len(images), ensemble)
         labels = list(masks_by_label)
         masks = np.stack(
             [np.stack([self._mask_to_grid(m, modality, spacing) for m in masks_by_label[lb]]) for lb in labels]
         )
-        image_batch = torch.from_numpy(np.stack([images[s] for _ in labels for s in subsets]))[:, :, None]
-        mask_batch = torch.from_numpy(np.stack([masks[i][s] for i in range(len(labels)) for s in subsets]))[:, :, None]
+        subsets = [self._subsets(images, label_masks, ensemble) for label_masks in masks]  # per label: its pairs
+        image_batch = torch.from_numpy(np.stack([images[s] for label in subsets for s in label]))[:, :, None]
+        mask_batch = torch.from_numpy(np.stack([masks[i][s] for i, label in enumerate(subsets) for s in label]))
         with torch.inference_mode(), self._autocast():
-            encoding = self.network.encode_prompts(image_batch.to(self.device), mask_batch.to(self.device))
-        k = len(subsets)
+            encoding = self.network.encode_prompts(image_batch.to(self.device), mask_batch[:, :, None].to(self.device))
+        k = len(subsets[0])
         return {
             label: TaskEncoding(type(encoding)(*(t[i * k : (i + 1) * k] for t in encoding)), len(images), self.model_id)
             for i, label in enumerate(labels)

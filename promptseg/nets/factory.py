@@ -2,7 +2,7 @@
 
 Two in-context architectures share contract 2 (`promptseg.nets.contract`): PromptSeg (`promptseg.nets.model`,
 sizes tiny, small, base) and the UniverSeg-style baseline (`promptseg.nets.universeg`, size "universeg": 64 wide,
-4 levels).
+4 levels). PromptSeg's priors are an option of its config (`priors`, any subset of `PRIOR_NAMES`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from promptseg.nets.model import SIZES, PromptEncoding, PromptSeg, PromptSegConfig, promptseg_config
+from promptseg.nets.model import PRIOR_NAMES, SIZES, PromptEncoding, PromptSeg, PromptSegConfig, promptseg_config
 from promptseg.nets.pretrained import load_sam_encoder
 from promptseg.nets.universeg import UniverSeg, UniverSegConfig, UniverSegEncoding
 
@@ -24,15 +24,24 @@ MODEL_SIZES = (*SIZES, "universeg")
 ENCODINGS: dict[str, type] = {cls.__name__: cls for cls in (PromptEncoding, UniverSegEncoding)}
 
 
-def model_config(size: str = "tiny", resolution: int = 256, n_max: int = 64, bottleneck: bool = False) -> NetworkConfig:
-    """The config of a named size: a PromptSeg size or "universeg" (the baseline)."""
+def model_config(
+    size: str = "tiny",
+    resolution: int = 256,
+    n_max: int = 64,
+    bottleneck: bool = False,
+    priors: tuple[str, ...] | list[str] = PRIOR_NAMES,
+) -> NetworkConfig:
+    """The config of a named size: a PromptSeg size or "universeg" (the baseline). `priors`: PromptSeg's priors
+    (any subset of PRIOR_NAMES, all by default)."""
     if size == "universeg":
         if bottleneck:
             raise ValueError("the information bottleneck is a PromptSeg option; the UniverSeg baseline has none")
+        if set(priors) != set(PRIOR_NAMES):
+            raise ValueError("priors are a PromptSeg option; the UniverSeg baseline has none")
         return UniverSegConfig(resolution=resolution, n_max=n_max)
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {list(MODEL_SIZES)}")
-    return promptseg_config(size, resolution, n_max, bottleneck)
+    return promptseg_config(size, resolution, n_max, bottleneck, priors)
 
 
 def config_from_dict(data: dict) -> NetworkConfig:

@@ -10,12 +10,17 @@ After PromptSeg (ICASSP 2025; journal version Entropy 2026), with the reference 
   every layer therefore do not depend on the queries: `encode_prompts` computes them once per task and `segment`
   reuses them for any number of queries. Every reduction over prompts is an attention or a sum, so the output
   does not depend on prompt order.
-- Three order-free priors from the prompts help a small model read them: foreground/background prototypes of the
-  encoder features (cosine similarity per query token, as in few-shot segmentation), the log-likelihood ratio
-  of foreground vs background intensities, and the mean of the prompt masks (where the structure tends to lie).
+- Three order-free priors from the prompts help a small model read them (the paper has none of them):
+  foreground/background prototypes of the encoder features (`prototypes`: cosine similarity per query token, as
+  in few-shot segmentation), the log-likelihood ratio of foreground vs background intensities (`intensity`,
+  `intensity_log_ratio`), and the mean of the prompt masks (`location`: where the structure tends to lie). They
+  are configurable (`PromptSegConfig.priors`, any subset, all three by default and for checkpoints that predate
+  the option): a prior left out is zeros everywhere it enters the network, so the parameters keep their shapes.
 - A light head: tokens → transposed-convolution unpatchify → a small convolution with the query image → logits.
 - Optional information bottleneck (the journal version's framing): the prompt tokens pass through a variational
   bottleneck whose KL term the training loss weighs; off by default (see bench/RESULTS.md for the comparison).
+- An ablation for evaluation: `tokens_zeroed(network)` is a copy whose head sees zeros instead of the ViT and
+  Transformer features of the query tokens, so only the priors reach it.
 
 Sizes: `tiny` (tests and demo on a 2-core CPU; its encoder leaves out SAM's relative positions, whose attention
 bias costs a third of a CPU training step), `small`, and `base` (SAM's ViT-B encoder and a 12-layer, 768-wide
@@ -24,6 +29,7 @@ Transformer: the paper's size). Imports only torch and numpy.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -57,6 +63,7 @@ SIZES: dict[str, dict] = {
 TOKEN_GRID = 16
 INTENSITY_BINS = 64
 PRIORS = 4  # per query token: similarity to the foreground and background prototypes, intensity, location
+PRIOR_NAMES = ("prototypes", "intensity", "location")
 HEAD_CHANNELS = 16
 
 
@@ -77,21 +84,40 @@ class PromptSegConfig:
     mlp_ratio: float = 4.0
     n_max: int = 64
     bottleneck: bool = False
+    priors: tuple[str, ...] = PRIOR_NAMES
     architecture: str = "promptseg"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priors", check_priors(self.priors))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptSegConfig:
+        """From the JSON dict; a dict without `priors` (a checkpoint older than the option) has all three."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**{**data, "global_blocks": tuple(data.get("global_blocks", cls.global_blocks))})
 
 
+def check_priors(priors: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The priors named, in the canonical order of PRIOR_NAMES (duplicates dropped); unknown names raise."""
+    if isinstance(priors, str):
+        raise ValueError(f"priors must be a sequence of names, not the string {priors!r}")
+    unknown = sorted(set(priors) - set(PRIOR_NAMES))
+    if unknown:
+        raise ValueError(f"unknown priors {unknown}; allowed: {list(PRIOR_NAMES)} (any subset)")
+    return tuple(name for name in PRIOR_NAMES if name in priors)
+
+
 def promptseg_config(
-    size: str = "tiny", resolution: int = 256, n_max: int = 64, bottleneck: bool = False
+    size: str = "tiny",
+    resolution: int = 256,
+    n_max: int = 64,
+    bottleneck: bool = False,
+    priors: tuple[str, ...] | list[str] = PRIOR_NAMES,
 ) -> PromptSegConfig:
     """The named size at a resolution; patches are sized so that every image becomes a 16×16 token grid."""
     if size not in SIZES:
@@ -104,6 +130,7 @@ def promptseg_config(
         patch_size=resolution // TOKEN_GRID,
         n_max=n_max,
         bottleneck=bottleneck,
+        priors=tuple(priors),
         **SIZES[size],
     )
 
@@ -124,11 +151,14 @@ class PromptEncoding(NamedTuple):
     kl: Tensor
 
 
-def _intensity_log_ratio(images: Tensor, masks: Tensor, batch: int) -> Tensor:
+def intensity_log_ratio(images: Tensor, masks: Tensor, batch: int) -> Tensor:
     """log p(intensity | foreground) − log p(intensity | background), pooled over all prompts: (B, bins).
 
-    Histograms are sums over prompts (order-free), smoothed and Laplace-regularized so that intensities no prompt
-    showed get a ratio near 0.
+    images and masks: B tasks' prompt pairs, task-major ((B·N, 1, R, R) or (B, N, 1, R, R)), images in [0, 1]
+    (a pixel falls in bin round(intensity · (bins − 1))), masks binary (or foreground weights in [0, 1]).
+    Histograms are sums over prompts (order-free), smoothed and Laplace-regularized (+1 per bin): an intensity no
+    prompt showed gets log((background pixels + bins) / (foreground pixels + bins)), 0 only where foreground and
+    background are as large, and positive (leaning to foreground) where the foreground is the smaller.
     """
     bins = INTENSITY_BINS
     index = (images.float().clamp(0, 1) * (bins - 1)).round().long().reshape(batch, -1)
@@ -220,6 +250,7 @@ class PromptSeg(nn.Module):
             nn.GELU(),
             nn.Conv2d(HEAD_CHANNELS, 1, 1),
         )
+        self.zero_tokens = False  # the `tokens_zeroed` ablation: the head sees zeros instead of the query tokens
 
     @property
     def grid(self) -> int:
@@ -253,7 +284,7 @@ class PromptSeg(nn.Module):
             torch.stack(keys, dim=1),
             torch.stack(values, dim=1),
             _prototypes(image_tokens, coverage, b),
-            _intensity_log_ratio(images, masks, b),
+            intensity_log_ratio(images, masks, b),
             masks.float().unflatten(0, (b, n)).mean(1),
             kl,
         )
@@ -265,25 +296,39 @@ class PromptSeg(nn.Module):
             raise ValueError(f"queries have batch size {b} but the prompt encoding has {encoding.keys.shape[0]}")
         flat = queries.flatten(0, 1)
         features = self.image_encoder(flat)
-        similarity = torch.einsum(
-            "mld,mkd->mlk",
-            F.normalize(features.float(), dim=-1),
-            encoding.prototypes.float().repeat_interleave(q, dim=0),
-        )  # (B·Q, T, 2)
-        ratio = encoding.intensity_log_ratio.float().repeat_interleave(q, dim=0)  # (B·Q, bins)
-        index = (flat.float().clamp(0, 1) * (INTENSITY_BINS - 1)).round().long().flatten(1)
-        intensity_prior = torch.gather(ratio, 1, index).reshape(b * q, 1, *flat.shape[-2:])
-        location_prior = encoding.mean_mask.float().repeat_interleave(q, dim=0)  # (B·Q, 1, R, R)
+        priors = self.config.priors  # a prior left out is zeros here, and so everywhere downstream
+        if "prototypes" in priors:
+            similarity = torch.einsum(
+                "mld,mkd->mlk",
+                F.normalize(features.float(), dim=-1),
+                encoding.prototypes.float().repeat_interleave(q, dim=0),
+            )  # (B·Q, T, 2)
+        else:
+            similarity = features.new_zeros(b * q, self.grid**2, 2, dtype=torch.float32)
+        if "intensity" in priors:
+            ratio = encoding.intensity_log_ratio.float().repeat_interleave(q, dim=0)  # (B·Q, bins)
+            index = (flat.float().clamp(0, 1) * (INTENSITY_BINS - 1)).round().long().flatten(1)
+            intensity_prior = torch.gather(ratio, 1, index).reshape(b * q, 1, *flat.shape[-2:])
+        else:
+            intensity_prior = flat.new_zeros(b * q, 1, *flat.shape[-2:], dtype=torch.float32)
+        if "location" in priors:
+            location_prior = encoding.mean_mask.float().repeat_interleave(q, dim=0)  # (B·Q, 1, R, R)
+        else:
+            location_prior = flat.new_zeros(b * q, 1, *flat.shape[-2:], dtype=torch.float32)
         token_priors = F.avg_pool2d(torch.cat([intensity_prior, location_prior], 1), self.config.patch_size)
         similarity = torch.cat([similarity, token_priors.flatten(2).transpose(1, 2)], dim=-1).to(features.dtype)
-        x = (
-            self.query_embed(features)
-            + self.fusion_position
-            + self.similarity_embed(similarity * self.similarity_scale)
-        )
-        for layer, block in enumerate(self.fusion):
-            x = block.queries(x, encoding.keys[:, layer], encoding.values[:, layer], q)
-        tokens = self.head_tokens(torch.cat([self.head_norm(x), similarity.to(x.dtype)], dim=-1))
+        if self.zero_tokens:
+            x = torch.zeros_like(features)
+        else:
+            x = (
+                self.query_embed(features)
+                + self.fusion_position
+                + self.similarity_embed(similarity * self.similarity_scale)
+            )
+            for layer, block in enumerate(self.fusion):
+                x = block.queries(x, encoding.keys[:, layer], encoding.values[:, layer], q)
+            x = self.head_norm(x)
+        tokens = self.head_tokens(torch.cat([x, similarity.to(x.dtype)], dim=-1))
         feature_map = tokens.transpose(1, 2).reshape(b * q, -1, self.grid, self.grid)
         prior = F.interpolate(
             similarity.transpose(1, 2).reshape(b * q, PRIORS, self.grid, self.grid) * self.similarity_scale,
@@ -303,3 +348,15 @@ class PromptSeg(nn.Module):
         encoding = self.encode_prompts(prompt_images, prompt_masks)
         logits = self.segment(encoding, queries)
         return (logits, encoding.kl) if return_kl else logits
+
+
+def tokens_zeroed(network: PromptSeg) -> PromptSeg:
+    """An ablation for evaluation: a copy of `network` whose head gets zeros in place of the query tokens' ViT and
+    Transformer features (the normalized tokens `segment` hands to `head_tokens`), with the priors kept, so only
+    the priors (and the query image in the refining convolution) reach the output. The copy skips the Transformer
+    on the queries; prompt encodings are the same as the network's. The original is left as it is."""
+    if not isinstance(network, PromptSeg):
+        raise ValueError(f"the token-path ablation applies to PromptSeg only, not {type(network).__name__}")
+    ablated = copy.deepcopy(network)
+    ablated.zero_tokens = True
+    return ablated

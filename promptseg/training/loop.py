@@ -30,7 +30,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, prepare_model
 
 from promptseg.nets.checkpoint import load_model, save_model
-from promptseg.nets.factory import build_model, load_pretrained_encoder, model_config
+from promptseg.nets.factory import PRIOR_NAMES, build_model, load_pretrained_encoder, model_config
 from promptseg.nets.losses import segmentation_loss
 from promptseg.registry.tracking import (
     RunLog,
@@ -62,6 +62,7 @@ class TrainConfig:
     size: str = "tiny"
     n_max: int = 64
     bottleneck: bool = False
+    priors: list[str] = field(default_factory=lambda: list(PRIOR_NAMES))  # PromptSeg's priors, any subset
     kl_weight: float = 0.01
     pretrained_encoder: str = ""
     init_weights: str = ""  # a checkpoint folder to start from (fine-tuning), e.g. the champion's
@@ -97,8 +98,7 @@ class TrainConfig:
 
 
 class TrainingResult(BaseModel):
-    """A finished training run: its MLflow run, its final checkpoint folder and the last reported loss (averaged
-    over the workers)."""
+    """A finished training run: its MLflow run, its final checkpoint folder and last loss (averaged over workers)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -184,7 +184,7 @@ def train_loop_per_worker(raw_config: dict) -> None:
     training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
     sampler = EpisodeSampler(store, training_tasks, seed=config.seed * 1000 + rank)
     _seed_everything(config.seed)
-    network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck))
+    network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck, config.priors))
     if config.pretrained_encoder:
         load_pretrained_encoder(network, Path(config.pretrained_encoder))
     if config.init_weights:

@@ -1,8 +1,10 @@
 """The PromptSeg network (contract 2): every size, prompt-order invariance, cached encodings, limits, bottleneck,
-bf16 autocast, torch.compile, SAM ViT-B weights and a one-task overfit."""
+configurable priors, the token-path ablation, the intensity log-ratio, bf16 autocast, torch.compile, SAM ViT-B
+weights and a one-task overfit."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,9 +13,18 @@ import pytest
 import torch
 
 from promptseg.evaluation.metrics import dice_score
+from promptseg.nets.checkpoint import CONFIG, load_model, save_model
 from promptseg.nets.factory import build_model, config_from_dict, load_pretrained_encoder, model_config
 from promptseg.nets.losses import segmentation_loss
-from promptseg.nets.model import SIZES, PromptSegConfig
+from promptseg.nets.model import (
+    INTENSITY_BINS,
+    PRIOR_NAMES,
+    SIZES,
+    PromptSeg,
+    PromptSegConfig,
+    intensity_log_ratio,
+    tokens_zeroed,
+)
 from promptseg.nets.pretrained import PretrainedWeightsError
 from promptseg.training.synthetic_tasks import synthetic_batch
 
@@ -112,6 +123,115 @@ def test_bottleneck_samples_in_training_and_is_deterministic_in_eval() -> None:
         torch.testing.assert_close(net(*inputs), net(*inputs))
     plain = build_model(model_config("tiny", R))
     assert (plain(*inputs, return_kl=True)[1] == 0).all()
+
+
+def _tiny(priors: tuple[str, ...] = PRIOR_NAMES) -> PromptSeg:
+    """The tiny network with the `network` fixture's weights (parameters do not depend on the priors)."""
+    torch.manual_seed(0)
+    return build_model(model_config("tiny", R, n_max=64, priors=priors)).eval()
+
+
+def test_priors_are_a_validated_config_option_that_old_configs_lack() -> None:
+    assert model_config("tiny", R).priors == PRIOR_NAMES == ("prototypes", "intensity", "location")
+    assert model_config("tiny", R, priors=["location", "prototypes"]).priors == ("prototypes", "location")
+    assert model_config("tiny", R, priors=()).priors == ()
+    for bad in (("prototypes", "edges"), "intensity"):
+        with pytest.raises(ValueError, match=r"allowed: \['prototypes', 'intensity', 'location'\]|not the string"):
+            model_config("tiny", R, priors=bad)
+    with pytest.raises(ValueError, match="unknown priors"):
+        PromptSegConfig.from_dict({"size": "tiny", "priors": ["shape"]})
+    with pytest.raises(ValueError, match="UniverSeg baseline has none"):
+        model_config("universeg", R, priors=("location",))
+    subset = model_config("tiny", R, priors=("intensity",))
+    assert config_from_dict(json.loads(json.dumps(subset.to_dict()))) == subset  # a JSON list becomes the tuple
+    old = {k: v for k, v in model_config("tiny", R).to_dict().items() if k != "priors"}
+    assert config_from_dict(old).priors == PRIOR_NAMES
+
+
+def test_a_checkpoint_without_priors_in_its_config_loads_with_all_three(tmp_path: Path) -> None:
+    save_model(_tiny(), tmp_path)
+    recorded = json.loads((tmp_path / CONFIG).read_text())
+    assert recorded["priors"] == list(PRIOR_NAMES)
+    del recorded["priors"]
+    (tmp_path / CONFIG).write_text(json.dumps(recorded))
+    loaded = load_model(tmp_path)
+    assert loaded.config.priors == PRIOR_NAMES
+    inputs = _inputs(1, 3, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), _tiny()(*inputs))
+
+
+def test_every_subset_of_priors_runs_keeps_parameter_shapes_and_stays_order_free() -> None:
+    full = _tiny()
+    images, masks, queries = _inputs(2, 5, 2)
+    order = torch.randperm(5)
+    with torch.no_grad():
+        reference = full(images, masks, queries)
+        for priors in [(), ("prototypes",), ("intensity",), ("location",), ("intensity", "location")]:
+            net = _tiny(priors)
+            assert {k: v.shape for k, v in net.state_dict().items()} == {
+                k: v.shape for k, v in full.state_dict().items()
+            }
+            logits = net(images, masks, queries)
+            assert torch.isfinite(logits).all() and not torch.allclose(logits, reference, atol=1e-4)
+            torch.testing.assert_close(net(images[:, order], masks[:, order], queries), logits, atol=1e-5, rtol=1e-4)
+
+
+def test_a_prior_left_out_does_not_reach_the_output() -> None:
+    """Changing a prior's part of the prompt encoding changes nothing once that prior is off (and something while
+    it is on)."""
+    images, masks, queries = _inputs(1, 3, 2)
+    generator = torch.Generator().manual_seed(1)
+    fields = {"prototypes": "prototypes", "intensity": "intensity_log_ratio", "location": "mean_mask"}
+    for prior, field in fields.items():
+        for priors, changes in ((PRIOR_NAMES, True), (tuple(p for p in PRIOR_NAMES if p != prior), False)):
+            net = _tiny(priors)
+            with torch.no_grad():
+                encoding = net.encode_prompts(images, masks)
+                value = getattr(encoding, field)
+                other = encoding._replace(**{field: torch.rand(value.shape, generator=generator) * 2 - 1})
+                changed = not torch.allclose(net.segment(encoding, queries), net.segment(other, queries))
+            assert changed == changes, (prior, priors)
+
+
+def test_tokens_zeroed_leaves_only_the_priors_to_the_head(network: torch.nn.Module) -> None:
+    images, masks, queries = _inputs(1, 4, 2)
+    ablated = tokens_zeroed(network)
+    assert ablated is not network and ablated.zero_tokens and not network.zero_tokens and not ablated.training
+    with torch.no_grad():
+        normal, zeroed = network(images, masks, queries), ablated(images, masks, queries)
+        assert torch.isfinite(zeroed).all() and not torch.allclose(zeroed, normal, atol=1e-3)
+        order = torch.randperm(4)
+        torch.testing.assert_close(ablated(images[:, order], masks[:, order], queries), zeroed, atol=1e-5, rtol=1e-4)
+        perturbed = tokens_zeroed(network)
+        for module in (*perturbed.fusion, perturbed.query_embed, perturbed.head_norm):
+            for parameter in module.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        torch.testing.assert_close(perturbed(images, masks, queries), zeroed)
+        perturbed.zero_tokens = False  # the same perturbation does reach the normal path
+        assert not torch.allclose(perturbed(images, masks, queries), normal, atol=1e-3)
+        torch.testing.assert_close(network(images, masks, queries), normal)  # the original is untouched
+        # without priors too, the ablation sees nothing of the prompts: only the query image reaches the head
+        blind = tokens_zeroed(_tiny(()))
+        torch.testing.assert_close(blind(images, masks, queries), blind(*_inputs(1, 2, 2)[:2], queries))
+    with pytest.raises(ValueError, match="PromptSeg only"):
+        tokens_zeroed(build_model(model_config("universeg", R)))
+
+
+def test_intensity_log_ratio_favors_foreground_intensities(network: torch.nn.Module) -> None:
+    images = torch.full((2, 1, R, R), 0.2)
+    masks = torch.zeros(2, 1, R, R)
+    images[:, :, :16, :16], masks[:, :, :16, :16] = 0.8, 1
+    ratio = intensity_log_ratio(images, masks, 1)
+    assert ratio.shape == (1, INTENSITY_BINS)
+    fg, bg = round(0.8 * (INTENSITY_BINS - 1)), round(0.2 * (INTENSITY_BINS - 1))
+    assert ratio[0, fg] > 2 and ratio[0, bg] < -2
+    unseen = torch.tensor((2 * R * R - 2 * 256 + INTENSITY_BINS) / (2 * 256 + INTENSITY_BINS)).log()
+    torch.testing.assert_close(ratio[0, 0], unseen)  # Laplace smoothing: the pixel counts' ratio, not 0
+    torch.testing.assert_close(intensity_log_ratio(images.flip(0), masks.flip(0), 1), ratio)  # order-free
+    with torch.no_grad():
+        encoded = network.encode_prompts(images[None], masks[None]).intensity_log_ratio
+    torch.testing.assert_close(encoded, ratio)
 
 
 def test_bf16_autocast_path_runs(network: torch.nn.Module) -> None:

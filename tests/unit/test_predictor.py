@@ -84,6 +84,28 @@ def test_ensemble_over_prompt_subsets(predictor: Predictor) -> None:
     assert not np.allclose(first[0].probability, single[0].probability)
 
 
+def test_ensembles_do_not_depend_on_prompt_order(predictor: Predictor) -> None:
+    """Subsets are drawn from the prompts' content: any order of the same prompts gives the same prediction, and a
+    label encoded beside others gets the subsets it gets alone."""
+    images, masks = _disc_images(7, (64, 64), 11)
+    queries = _disc_images(2, (64, 64), 12)[0]
+    ensemble = Predictor(predictor.network, device="cpu", ensemble=5, seed=3)
+    first = ensemble.segment(ensemble.encode_task(images, masks, "MR"), queries, "MR")
+    for order in ([6, 5, 4, 3, 2, 1, 0], [3, 0, 6, 1, 5, 2, 4]):
+        task = ensemble.encode_task([images[i] for i in order], [masks[i] for i in order], "MR")
+        assert task.members == 5
+        for a, b in zip(first, ensemble.segment(task, queries, "MR"), strict=True):
+            np.testing.assert_array_equal(a.probability, b.probability)
+    reseeded = Predictor(predictor.network, device="cpu", ensemble=5, seed=4)
+    other = reseeded.segment(reseeded.encode_task(images, masks, "MR"), queries, "MR")
+    assert not np.allclose(first[0].probability, other[0].probability)  # the seed still picks the subsets
+    rings = [np.logical_and(m == 0, np.roll(m, 6, axis=1) == 1).astype(np.uint8) for m in masks]
+    together = ensemble.encode_labels(images, {"ring": rings, "disc": masks}, "MR")
+    np.testing.assert_allclose(
+        ensemble.segment(together["disc"], queries, "MR")[0].probability, first[0].probability, atol=1e-5
+    )
+
+
 def test_several_labels_in_one_call_match_separate_calls(predictor: Predictor) -> None:
     images, discs = _disc_images(3, (64, 64), 8)
     rings = [np.logical_and(m == 0, np.roll(m, 6, axis=1) == 1).astype(np.uint8) for m in discs]
