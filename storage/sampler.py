@@ -1,7 +1,8 @@
 """Episodic sampling from the task store: a task, N prompt slices and query slices of the same structure.
 
-Queries come from a case other than the prompts' when the task spans several cases; otherwise they are at
-least `min_gap` slices away from every prompt, so a model cannot copy a neighbouring prompt. The sampler's
+Queries come from cases other than the prompts' when the task spans several cases (one case, or as few as give
+enough query slices, e.g. the one-slice tiles of a 2D image); otherwise they are at least `min_gap` slices away
+from every prompt, so a model cannot copy a neighbouring prompt. The sampler's
 random state is part of a training checkpoint.
 """
 
@@ -66,9 +67,14 @@ def choose_prompts_and_queries(
     slices = list(task.slices)
     cases = task.cases
     if len(cases) > 1:
-        query_case = cases[rng.integers(len(cases))]
-        query_pool = [s for s in slices if s.case == query_case]
-        prompt_pool = [s for s in slices if s.case != query_case]
+        query_cases = {cases[rng.integers(len(cases))]}
+        if sum(s.case in query_cases for s in slices) < n_queries:  # e.g. one slice per case: tiles of a 2D image
+            for index in rng.permutation(len(cases)):
+                query_cases.add(cases[index])
+                if sum(s.case in query_cases for s in slices) >= n_queries:
+                    break
+        query_pool = [s for s in slices if s.case in query_cases]
+        prompt_pool = [s for s in slices if s.case not in query_cases]
     else:
         query_pool = slices
         prompt_pool = []

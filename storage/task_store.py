@@ -247,6 +247,15 @@ class TaskStore:
         images, labels = np.stack(arrays[: len(refs)]), np.stack(arrays[len(refs) :])
         return images, (labels == task.label_value).view(np.uint8)
 
+    def absent_slices(self, task: Task, case: str) -> list[SliceRef]:
+        """The slices of `case` the store keeps along the task's axis that do not show the task's structure
+        (negative queries: a model must predict nothing there)."""
+        key = self.version_info(task.dataset)["cases"][case]["key"]
+        summary = self.case_summary(task.dataset, key, task.axis) or {"indices": [], "foreground": {}}
+        counts = summary["foreground"].get(str(task.label_value)) or [0] * len(summary["indices"])
+        rows = enumerate(zip(summary["indices"], counts, strict=True))
+        return [SliceRef(case, position, index, 0) for position, (index, count) in rows if not count]
+
     def case_summary(self, dataset: str, case_key: str, axis: int) -> dict | None:
         """The summary of a completely written case, or None."""
         path = f"datasets/{dataset}/cases/{case_key}/axis{axis}"
