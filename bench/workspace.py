@@ -1,6 +1,6 @@
 """Shared by the benchmarks: a temporary workspace with the multi-center simulator's datasets (and optionally the
-embedded CT sample) ingested and preprocessed through the real flows, and a random-weight tiny model registered and
-promoted as the champion."""
+embedded real datasets of data/samples) ingested and preprocessed through the real flows, and a random-weight tiny
+model registered and promoted as the champion."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import mlflow
 import torch
 
 from pipelines import stages
+from pipelines.demo import sample_manifests
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import save_model
 from promptseg.nets.factory import build_model, model_config
 from promptseg.registry.tracking import use_experiment
 from storage.preparation import RECIPE_VERSION
-
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
 
 
 def prepared_workspace(folder: Path, resolution: int, n_cases: int, with_sample: bool = False) -> Settings:
@@ -32,7 +31,7 @@ def prepared_workspace(folder: Path, resolution: int, n_cases: int, with_sample:
     settings = Settings()
     environment.prepare(settings)
     sources = write_synthetic_datasets(Path(folder) / "raw", n_cases=n_cases, seed=0)
-    stages.ingest(settings, [*sources, SAMPLE] if with_sample else sources)
+    stages.ingest(settings, [*sources, *sample_manifests()] if with_sample else sources)
     stages.preprocess(settings)
     return settings
 

@@ -1,8 +1,9 @@
-"""`promptseg demo`: every stage end to end on the embedded defaults, then a held-out task queried over HTTP.
+"""`promptseg demo`: every stage end to end on the embedded defaults, then validation tasks queried over HTTP.
 
-Synthetic multi-center datasets plus data/samples/ct-abdomen-61 go through the nightly pipeline once (the same flow
-operators schedule: ingest → preprocess → train the tiny model on Ray with 2 workers, quick held-out evaluation,
-registration as challenger → promotion gate → start the endpoint → retention), then held-out structures are queried
+Synthetic multi-center datasets plus the six real datasets of data/samples go through the nightly pipeline once (the
+same flow operators schedule: ingest → preprocess → train the tiny model on Ray with 2 workers on the training split,
+quick evaluation on the validation split, registration as challenger → promotion gate → start the endpoint →
+retention), then validation structures are queried
 over HTTP, prompts and queries from different cases. Prints Dice of the
 model and of the mean-prompt-mask baseline, where the overlays, the MLflow UI and the Ray dashboard are and how
 to query by hand. The endpoint keeps
@@ -27,13 +28,18 @@ from promptseg.evaluation.baselines import mean_prompt_mask
 from promptseg.evaluation.metrics import dice_score
 from promptseg.serving.api_models import SegmentRequest
 from promptseg.serving.client import PromptSegClient
-from storage.sampler import choose_prompts_and_queries, read_episode, split_tasks
+from storage.sampler import choose_prompts_and_queries, read_episode
 from storage.synthetic import write_synthetic_datasets
 from storage.task_store import Task, TaskStore
 
-SAMPLE_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 DEMO_PROMPTS = 4
 DEMO_QUERIES = 4
+
+
+def sample_manifests() -> list[Path]:
+    """The manifests of the real datasets embedded in data/samples (each its own dataset and center)."""
+    return sorted(SAMPLES.glob("*/manifest.yaml"))
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
@@ -42,7 +48,7 @@ def _png(path: Path, array: np.ndarray) -> Path:
 
 
 def export_episode(store: TaskStore, task: Task, folder: Path, seed: int = 0) -> dict:
-    """Write a held-out episode as PNG files (prompts, masks, queries, reference masks) for an HTTP query."""
+    """Write an episode as PNG files (prompts, masks, queries, reference masks) for an HTTP query."""
     chosen = choose_prompts_and_queries(task, DEMO_PROMPTS, DEMO_QUERIES, np.random.default_rng(seed))
     if chosen is None:
         raise ValueError(f"{task.task_id} cannot supply {DEMO_PROMPTS} prompts and {DEMO_QUERIES} queries")
@@ -79,14 +85,23 @@ def _print_pipeline(report: NightlyReport, console: Console) -> None:
         f"registered version {trained.version} (challenger)"
     )
     evaluation = trained.evaluation.report
-    table = Table("held-out Dice", *[f"N={n}" for n in sorted(evaluation.summary[evaluation.primary], key=int)])
+    ns = sorted(evaluation.summary[evaluation.primary], key=int)
+    table = Table(f"{evaluation.spec.split} Dice [95 % CI over tasks]", *[f"N={n}" for n in ns])
     for method, per_n in evaluation.summary.items():
-        cells = [f"{per_n[n]['dice'].mean:.3f} ± {per_n[n]['dice'].sd:.3f}" for n in sorted(per_n, key=int)]
+        cells = [
+            f"{per_n[n]['dice'].mean:.3f} [{per_n[n]['dice'].ci_low:.2f}, {per_n[n]['dice'].ci_high:.2f}]"
+            for n in sorted(per_n, key=int)
+        ]
         table.add_row(method, *cells)
     console.print(table)
-    largest = max(evaluation.summary[evaluation.primary], key=int)
-    methods = list(evaluation.summary)
-    centers = Table(f"held-out Dice at N={largest}, per center", *methods)
+    for n, gain in evaluation.learned_contribution.items():
+        console.print(
+            f"learned contribution at N={n} ({evaluation.primary} − prior rule): {gain.mean:+.3f} "
+            f"[{gain.ci_low:+.3f}, {gain.ci_high:+.3f}] over {gain.tasks} tasks"
+        )
+    largest = max(ns, key=int)
+    methods = [m for m in evaluation.summary if "+" not in m]  # the controls are in the table above
+    centers = Table(f"{evaluation.spec.split} Dice at N={largest}, per center", *methods)
     for center, per_method in evaluation.dice_at_largest_n.center.items():
         centers.add_row(center, *[f"{per_method[m].mean:.3f}" if m in per_method else "—" for m in methods])
     console.print(centers)
@@ -98,23 +113,24 @@ def run_demo(settings: Settings, steps: int, console: Console) -> None:
     start = time.monotonic()
     console.rule("1/2 the nightly pipeline once: ingest → preprocess → train → gate → serve → retention")
     console.print(
-        f"synthetic multi-center datasets + ct-abdomen-61; tiny PromptSeg, {steps} steps on Ray Train with 2 CPU "
-        "workers (DDP, gloo); quick held-out evaluation (structures never seen in training); Ray Serve on 127.0.0.1"
+        f"synthetic multi-center datasets + 6 real datasets; tiny PromptSeg, {steps} steps on Ray Train with 2 CPU "
+        "workers (DDP, gloo); quick evaluation on the validation split (datasets, a center and structures never "
+        "trained on) beside the prior rule and the controls; Ray Serve on 127.0.0.1"
     )
-    sources = [*write_synthetic_datasets(settings.root / "sources", n_cases=6, seed=0), SAMPLE_MANIFEST]
+    sources = [*write_synthetic_datasets(settings.root / "sources", n_cases=6, seed=0), *sample_manifests()]
     config = NightlyConfig(sources=[str(source) for source in sources], steps=steps, start_endpoint=True)
     report = nightly(config)
     _print_pipeline(report, console)
     url = report.roll_out.url
     evaluation = report.train.evaluation
 
-    console.rule("2/2 query held-out tasks over HTTP (prompts and queries from different cases)")
+    console.rule("2/2 query validation tasks over HTTP (prompts and queries from different cases)")
     store = TaskStore.open(settings.store, settings.resolution)
-    _, held_out = split_tasks(store.tasks(), settings.training.held_out, store.resolution)
-    results = Table("held-out task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
+    validation = settings.training.splits.tasks(store.tasks(), "validation", store.resolution)
+    results = Table("validation task", "prompt cases → query cases", "PromptSeg Dice", "mean-prompt-mask Dice")
     example = None
     client = PromptSegClient(url)
-    for task in [t for t in held_out if len(t.cases) > 1 and t.axis == 2]:  # axial slices, several cases
+    for task in [t for t in validation if len(t.cases) > 1 and t.axis == 2]:  # axial slices, several cases
         folder = settings.root / "demo" / task.task_id.replace("/", "_")
         files = export_episode(store, task, folder)
         answer = query_files(

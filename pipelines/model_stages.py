@@ -17,6 +17,7 @@ from pipelines.settings import Settings
 if TYPE_CHECKING:
     from pipelines.outcomes import TrainingOutcome, VersionEvaluation, VersionScores
     from promptseg.evaluation.report import EvalSpec, Evaluation
+    from storage.splits import Splits
 
 
 def train(
@@ -45,7 +46,7 @@ def train(
     config = TrainConfig(
         store_url=settings.store,
         resolution=settings.resolution,
-        held_out=settings.training.held_out,
+        splits=settings.training.splits.to_dict(),
         tracking_uri=settings.registry.tracking_uri,
         **options,
     )
@@ -60,7 +61,7 @@ def train(
     )
     evaluation = None
     if evaluate:
-        spec = eval_spec("quick", config.held_out)
+        spec = eval_spec("quick", Splits.from_dict(config.splits))
         out_dir = settings.reports_dir / result.run_name
         evaluation = evaluate_network(settings, load_model(result.checkpoint_dir), spec, out_dir, result.run_id)
     version = None
@@ -93,12 +94,10 @@ def evaluate_network(
     supervised_cache = settings.root / "baselines" / f"supervised-{store.snapshot_id()}"
     evaluation = run_evaluation(network, store, spec, out_dir, others, supervised_cache)
     run = RunLog(settings.registry.tracking_uri, run_id)
-    run.log_metrics({f"heldout_{k}": v for k, v in evaluation.scores.items()})
-    run.log_dict(
-        {"spec": spec.to_dict(), "store_snapshot_id": evaluation.store_snapshot_id},
-        f"evaluation-{spec.profile}/spec.json",
-    )
-    run.log_artifacts(out_dir, artifact_path=f"evaluation-{spec.profile}")
+    run.log_metrics({f"{spec.split}_{k}": v for k, v in evaluation.scores.items()})
+    folder = f"evaluation-{spec.profile}-{spec.split}"
+    run.log_dict({"spec": spec.to_dict(), "store_snapshot_id": evaluation.store_snapshot_id}, f"{folder}/spec.json")
+    run.log_artifacts(out_dir, artifact_path=folder)
     return evaluation
 
 
@@ -130,25 +129,23 @@ def evaluate(
     model: str,
     *,
     profile: str = "quick",
+    split: str = "validation",
     baselines: list[Path] | None = None,
     universeg_steps: int = 2000,
     **overrides: Any,
 ) -> VersionEvaluation:
-    """Evaluate a registered version (alias or number) on the held-out spec recorded on it, under a profile
-    (`quick` or `full`; overrides change single spec fields). `full` adds the UniverSeg-style baseline (trained once
-    per store snapshot) and the supervised UNet; `baselines` adds checkpoint folders of other in-context networks.
-    Scores are logged to the version's run and tagged on the version."""
+    """Evaluate a registered version (alias or number) on one split of the splits recorded on it (`validation` or
+    `test`), under a profile (`quick` or `full`; overrides change single spec fields). `full` adds the
+    UniverSeg-style baseline (trained once per store snapshot) and the supervised UNet; `baselines` adds checkpoint
+    folders of other in-context networks. Scores are logged to the version's run; a validation evaluation's are
+    also tagged on the version (what the promotion gate reads), a test evaluation's never are."""
     from pipelines.outcomes import VersionEvaluation
     from promptseg.evaluation.report import eval_spec
     from promptseg.nets.checkpoint import load_model
-    from promptseg.registry.versions import load_version, tag_evaluation, version_held_out, version_run_id
+    from promptseg.registry.versions import load_version, tag_evaluation, version_run_id
 
     loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, model)
-    held_out = (
-        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, loaded.version)
-        or settings.training.held_out
-    )
-    spec = eval_spec(profile, held_out, **overrides)
+    spec = eval_spec(profile, version_splits(settings, loaded.version), split, **overrides)
     folders = list(baselines or [])
     if profile == "full" and loaded.network.config.architecture != "universeg":
         folders.append(universeg_baseline(settings, universeg_steps))
@@ -158,10 +155,13 @@ def evaluate(
         name = network.config.architecture
         taken = name in others or name == loaded.network.config.architecture
         others[Path(folder).name if taken else name] = network
-    out_dir = settings.reports_dir / f"{settings.registry.model_name}-v{loaded.version}-{profile}"
+    out_dir = settings.reports_dir / f"{settings.registry.model_name}-v{loaded.version}-{profile}-{split}"
     run_id = version_run_id(settings.registry.tracking_uri, settings.registry.model_name, loaded.version)
     evaluation = evaluate_network(settings, loaded.network, spec, out_dir, run_id, others)
-    tag_evaluation(settings.registry.tracking_uri, settings.registry.model_name, loaded.version, evaluation.recorded())
+    if split == "validation":
+        tag_evaluation(
+            settings.registry.tracking_uri, settings.registry.model_name, loaded.version, evaluation.recorded()
+        )
     return VersionEvaluation(version=loaded.version, evaluation=evaluation)
 
 
@@ -171,18 +171,23 @@ def held_out_evaluation(settings: Settings, model: str, profile: str = "quick") 
     fresh `evaluate`. `reused` says which."""
     from pipelines.outcomes import VersionScores
     from promptseg.evaluation.report import eval_spec
-    from promptseg.registry.versions import recorded_evaluation, resolve_version, version_held_out
+    from promptseg.registry.versions import recorded_evaluation, resolve_version
     from storage.task_store import TaskStore
 
     version = resolve_version(settings.registry.tracking_uri, settings.registry.model_name, model)
-    held_out = (
-        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, version)
-        or settings.training.held_out
-    )
-    spec = eval_spec(profile, held_out).to_dict()
+    spec = eval_spec(profile, version_splits(settings, version)).to_dict()
     snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
     recorded = recorded_evaluation(settings.registry.tracking_uri, settings.registry.model_name, version)
     if recorded and (recorded.spec, recorded.store_snapshot_id) == (spec, snapshot):
         return VersionScores(version=version, evaluation=recorded, reused=True)
     fresh = evaluate(settings, version, profile=profile)
     return VersionScores(version=fresh.version, evaluation=fresh.evaluation.recorded(), reused=False)
+
+
+def version_splits(settings: Settings, version: str) -> Splits:
+    """The splits a registered version was trained under (its `splits` tag), else the configured ones."""
+    from promptseg.registry.versions import version_splits as recorded_splits
+    from storage.splits import Splits
+
+    recorded = recorded_splits(settings.registry.tracking_uri, settings.registry.model_name, version)
+    return Splits.from_dict(recorded) if recorded else settings.training.splits

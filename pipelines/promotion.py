@@ -1,10 +1,10 @@
 """The promotion gate and hand moves of the `champion` alias.
 
-`gate` compares the challenger and the champion (`quick` profile) on the same store snapshot and the held-out
-spec recorded on the challenger (scores recorded on a version under that spec and snapshot are reused, others are
-measured), and moves `champion` only when the challenger's Dice (the network's mean at the
-largest N) is at least the champion's plus `margin`; with no champion it promotes. Versions trained with another
-held-out spec are not comparable and are refused. `pin` moves the alias by hand; `rollback` returns it to the
+`gate` compares the challenger and the champion (`quick` profile) on the same store snapshot, on the validation
+split of the splits recorded on the challenger (never on test tasks; scores recorded on a version under that spec
+and snapshot are reused, others are measured), and moves `champion` only when the challenger's Dice (the network's
+mean at the largest N) is at least the champion's plus `margin`; with no champion it promotes. Versions trained
+under other splits are not comparable and are refused. `pin` moves the alias by hand; `rollback` returns it to the
 version it pointed at before the last move. Every move is recorded by the registry (who, when, why, both scores).
 Each returns a `PromotionDecision`.
 """
@@ -15,7 +15,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.model_stages import held_out_evaluation
+from pipelines.model_stages import held_out_evaluation, version_splits
 from pipelines.settings import Settings
 from promptseg.registry.versions import (
     CHALLENGER,
@@ -26,7 +26,6 @@ from promptseg.registry.versions import (
     alias_version,
     move_alias,
     tag_version,
-    version_held_out,
 )
 
 
@@ -55,13 +54,6 @@ class PromotionDecision(BaseModel):
     reused: dict[str, bool] | None = None
 
 
-def _held_out(settings: Settings, version: str) -> list[str]:
-    return (
-        version_held_out(settings.registry.tracking_uri, settings.registry.model_name, version)
-        or settings.training.held_out
-    )
-
-
 def _score(evaluation: RecordedEvaluation) -> float:
     """The primary network's held-out Dice at the largest N evaluated."""
     prefix = f"dice_{evaluation.primary}_n"
@@ -84,11 +76,11 @@ def gate(settings: Settings, margin: float = 0.0) -> PromotionDecision:
     if champion is None:
         move_alias(tracking, name, CHAMPION, challenger, reason="no champion yet: the challenger is promoted")
         return PromotionDecision(**decision, promoted=True, champion=challenger, reason="no champion yet")
-    challenger_held_out, champion_held_out = _held_out(settings, challenger), _held_out(settings, champion)
-    if challenger_held_out != champion_held_out:
+    challenger_splits, champion_splits = version_splits(settings, challenger), version_splits(settings, champion)
+    if challenger_splits != champion_splits:
         raise PromotionError(
-            f"version {challenger} was held out on {challenger_held_out} and version {champion} on "
-            f"{champion_held_out}: their held-out scores are not comparable; pin by hand instead"
+            f"version {challenger} was trained under splits {challenger_splits.to_dict()} and version {champion} "
+            f"under {champion_splits.to_dict()}: their validation scores are not comparable; pin by hand instead"
         )
     challenger_scores = held_out_evaluation(settings, challenger)
     champion_scores = held_out_evaluation(settings, champion)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from promptseg.evaluation.heldout import overlay_png
+from promptseg.evaluation.report_files import overlay_png
 from promptseg.inference.errors import InvalidInput
 from promptseg.inference.predictor import Predictor, intensity_recipe
 from promptseg.inference.propagation import keep_annotated, label_values, propagate

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from promptseg.evaluation.heldout import overlay_png
+from promptseg.evaluation.report_files import overlay_png
 from promptseg.inference.image_io import binary_mask, decode_image, encode_labels
 from promptseg.inference.predictor import DEFAULT_MODALITY, DEFAULT_THRESHOLD, Predictor, label_map
 from promptseg.inference.volume_io import read_label_volume, read_volume

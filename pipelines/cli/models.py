@@ -96,9 +96,12 @@ def train(
 def evaluate(
     ctx: typer.Context,
     model: str = "challenger",
-    profile: Annotated[Profile, typer.Option(help="quick (N 1/4/8, 3 resamples) or full (N to 64, baselines).")] = (
+    profile: Annotated[Profile, typer.Option(help="quick (N 1/4/8, 2 resamples) or full (N to 32, baselines).")] = (
         Profile.quick
     ),
+    split: Annotated[
+        str, typer.Option(help="validation (design choices, the gate) or test (reporting only).")
+    ] = "validation",
     resamples: Annotated[int | None, typer.Option(help="Override the profile's prompt resamples.")] = None,
     queries: Annotated[int | None, typer.Option(help="Override the queries per resample.")] = None,
     n_prompts: Annotated[list[int] | None, typer.Option(help="Override the prompt counts; repeatable.")] = None,
@@ -111,12 +114,15 @@ def evaluate(
     ] = None,
     universeg_steps: Annotated[int, typer.Option(help="Training steps of the full profile's UniverSeg.")] = 2000,
 ) -> None:
-    """Evaluate a registered version (alias or number) on its held-out tasks beside the baselines."""
+    """Evaluate a registered version (alias or number) on one split's tasks beside the baselines and controls."""
+    if split not in ("validation", "test"):
+        raise typer.BadParameter("choose validation or test", param_hint="--split")
     show(
         stages.evaluate(
             settings(ctx),
             model,
             profile=profile.value,
+            split=split,
             baselines=baseline,
             universeg_steps=universeg_steps,
             resamples=resamples,

@@ -1,4 +1,5 @@
-"""Trivial baselines in the model's interface: they show what a model must beat to be using its prompts.
+"""Baselines without learning in the model's interface: they show what a model must beat to be using its prompts
+(the trivial mean prompt mask and most similar prompt, and the prior rule built from the network's own priors).
 
 Arrays are (count, 1, R, R) like the model's inputs and outputs; a baseline returns the foreground probability of
 every query, (Q, 1, R, R).
@@ -7,6 +8,9 @@ every query, (Q, 1, R, R).
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from promptseg.nets.model import intensity_log_ratio
 
 
 def mean_prompt_mask(prompt_masks: np.ndarray, n_queries: int) -> np.ndarray:
@@ -33,3 +37,23 @@ def most_similar_prompt_mask(
     prompts, queries = _z_scored(prompt_images), _z_scored(query_images)
     correlation = queries @ prompts.T / prompts.shape[1]  # (Q, N)
     return prompt_masks[correlation.argmax(axis=1)].astype(np.float32)
+
+
+def prior_rule(prompt_images: np.ndarray, prompt_masks: np.ndarray, query_images: np.ndarray) -> np.ndarray:
+    """The no-learning prior rule: the two priors the PromptSeg network computes from its prompts, combined as
+    naive Bayes with no trained parameter: (N, 1, R, R) ×2, (Q, 1, R, R) → (Q, 1, R, R) float32 probabilities.
+
+    logit p(foreground | pixel) = log p(intensity | fg) / p(intensity | bg) (the prompts' smoothed intensity
+    histograms, `promptseg.nets.model.intensity_log_ratio`, looked up at the query's pixel) + logit of the mean
+    prompt mask at that position, Laplace-smoothed as (k + 1) / (N + 2) so that N = 1 does not forbid every pixel
+    outside the prompt's mask.
+    """
+    images = torch.from_numpy(np.asarray(prompt_images, np.float32))
+    masks = torch.from_numpy(np.asarray(prompt_masks, np.float32))
+    ratio = intensity_log_ratio(images, masks, 1)[0].numpy()
+    bins = len(ratio)
+    index = np.rint(np.clip(np.asarray(query_images, np.float32), 0, 1) * (bins - 1)).astype(np.int64)
+    n = len(prompt_masks)
+    location = (np.asarray(prompt_masks, np.float32).sum(axis=0, keepdims=True) + 1.0) / (n + 2.0)
+    logits = ratio[index] + np.log(location / (1.0 - location))
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

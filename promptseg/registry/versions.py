@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
-LINEAGE_TAGS = ("git_commit", "store_snapshot_id", "fingerprint_hash", "held_out")
+LINEAGE_TAGS = ("git_commit", "store_snapshot_id", "fingerprint_hash", "held_out", "splits")
 
 
 class RegistryError(Exception):
@@ -148,10 +148,10 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
         return None
 
 
-def version_held_out(tracking_uri: str, name: str, version: str) -> list[str] | None:
-    """The held-out spec a version was trained without (its `held_out` tag), or None if it has none."""
-    tag = MlflowClient(tracking_uri).get_model_version(name, version).tags.get("held_out")
-    return tag.split(",") if tag else None
+def version_splits(tracking_uri: str, name: str, version: str) -> dict[str, list[str]] | None:
+    """The validation and test patterns a version was trained without (its `splits` tag), or None if it has none."""
+    tag = MlflowClient(tracking_uri).get_model_version(name, version).tags.get("splits")
+    return json.loads(tag) if tag else None
 
 
 def move_alias(

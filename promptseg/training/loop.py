@@ -48,6 +48,7 @@ from promptseg.training.trainer_state import load_trainer_state, save_trainer_st
 from storage.fingerprint import fingerprint_hash
 from storage.preparation import preparation_tags
 from storage.sampler import EpisodeSampler, split_tasks
+from storage.splits import Splits
 from storage.task_store import TaskStore
 
 CONFIG_ARTIFACT = "train_config.json"
@@ -77,7 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    held_out: list[str] = field(default_factory=lambda: ["kidney*"])
+    splits: dict[str, list[str]] = field(default_factory=lambda: Splits().to_dict())
     checkpoint_every: int = 25
     num_workers: int = 2
     use_gpu: bool = False
@@ -86,6 +87,11 @@ class TrainConfig:
     fail_after_checkpoint: int = 0
     tracking_uri: str = ""
     run_id: str = ""
+
+    @property
+    def held_out(self) -> list[str]:
+        """The task patterns never trained on: the validation and the test split's."""
+        return Splits.from_dict(self.splits).held_out
 
     @property
     def global_batch_size(self) -> int:
@@ -354,6 +360,7 @@ def run_training(
                         {name: store.version_info(name)["fingerprint"] for name in store.datasets()}
                     ),
                     "held_out": ",".join(config.held_out),
+                    "splits": Splits.from_dict(config.splits).to_tag(),
                     **preparation_tags(store, training_tasks),
                     "training_tasks": len(training_tasks),
                     "held_out_tasks": len(held_out_tasks),

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from pipelines import stages
+from pipelines.demo import sample_manifests
 from pipelines.outcomes import TrainingOutcome
 from pipelines.settings import Settings
 from storage.reports import PreprocessReport
 from storage.synthetic import write_synthetic_datasets
 
 TRAIN_STEPS = 300
-SAMPLE_MANIFEST = Path(__file__).resolve().parents[2] / "data" / "samples" / "ct-abdomen-61" / "manifest.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,8 @@ def prefect_harness() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def raw_sources(settings: Settings) -> list[Path]:
-    return [*write_synthetic_datasets(settings.root / "sources", n_cases=4, seed=0), SAMPLE_MANIFEST]
+    """The simulator's three centers and the six real datasets of data/samples, as the demo ingests them."""
+    return [*write_synthetic_datasets(settings.root / "sources", n_cases=4, seed=0), *sample_manifests()]
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,17 @@ from pipelines.flows import preprocess_flow
 from pipelines.settings import Settings
 from storage.ingest_record import load_ingest_records
 from storage.reports import PreprocessReport
-from storage.sampler import split_tasks
 from storage.task_store import TaskStore
 
-DATASETS = ["ct-abdomen-61", "synth-center-a", "synth-center-b", "synth-center-c"]
+REAL = [
+    "ct-abdomen-61",
+    "ct-chest-slicerio",
+    "ct-spine-tptbox",
+    "micro-nuclei-dsb2018",
+    "mr-brain-mni152",
+    "mr-spine-tptbox",
+]
+DATASETS = sorted([*REAL, "synth-center-a", "synth-center-b", "synth-center-c"])
 
 
 def _task_run_states(flow_run_id: object) -> list[str]:
@@ -41,9 +48,22 @@ def test_preprocess_writes_every_center_and_format(settings: Settings, preproces
         assert len(info["plan"]["target_spacing"]) == 3 and info["plan"]["axes"] == [0, 1, 2]
     ct = store.version_info("ct-abdomen-61")
     assert len(ct["labels"]) == 61 and ct["normalization"]["low"] < ct["normalization"]["high"]
-    _, held_out = split_tasks(store.tasks(), settings.training.held_out)
-    assert {f"synth-center-{c}/kidney/axis{a}" for c in "abc" for a in (0, 1, 2)} <= {t.task_id for t in held_out}
-    kidney = next(t for t in held_out if t.task_id == "synth-center-c/kidney/axis2")
+    assert {store.version_info(name)["center"] for name in REAL} == {
+        "totalsegmentator-example", "slicerio-example", "tptbox-ct-example", "dsb2018-example", "mni-icbm152",
+        "tptbox-mr-example",
+    }  # fmt: skip
+    nuclei = next(t for t in store.tasks() if t.dataset == "micro-nuclei-dsb2018")
+    assert nuclei.axis == 2 and len(nuclei.cases) == 16  # one case per tile, sliced along the 2D image's axis only
+    splits = settings.training.splits
+    validation, test = (splits.tasks(store.tasks(), split) for split in ("validation", "test"))
+    assert {t.dataset for t in validation} == {"synth-center-b", "ct-spine-tptbox", "ct-abdomen-61"}
+    assert {t.dataset for t in test} == {"synth-center-c", "mr-spine-tptbox", "micro-nuclei-dsb2018", "ct-abdomen-61"}
+    assert {t.label_name for t in validation if t.dataset == "ct-abdomen-61"} == {
+        "kidney_left",
+        "kidney_right",
+        "spleen",
+    }
+    kidney = next(t for t in test if t.task_id == "synth-center-c/kidney/axis2")
     images, masks = store.read_slices(kidney, list(kidney.slices[:4]))
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert [int(m.sum()) for m in masks] == [s.foreground for s in kidney.slices[:4]]
@@ -69,6 +89,6 @@ def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, 
     report = state.result()
     assert [d.version for d in report.datasets] == [d.version for d in preprocessed.datasets]
     states = _task_run_states(state.state_details.flow_run_id)
-    assert len(states) == 1 + 3 * 4 and set(states) == {"Cached"}
+    assert len(states) == 6 + 16 + 3 * 4 and set(states) == {"Cached"}  # one per case (a tile is a case)
     assert _file_times(settings.store) == before
     assert TaskStore.open(settings.store).snapshot_id() == snapshot

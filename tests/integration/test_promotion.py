@@ -4,6 +4,7 @@ network with the same configuration but untrained weights plays the worse one.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -108,11 +109,12 @@ def test_pin_and_rollback_are_recorded(gate_settings: Settings, trained: Trainin
     assert mlflow.MlflowClient(tracking).get_model_version_by_alias(name, CHAMPION).version == int(current)
 
 
-def test_versions_held_out_on_different_tasks_are_not_compared(
+def test_versions_trained_under_different_splits_are_not_compared(
     gate_settings: Settings, trained: TrainingOutcome
 ) -> None:
     tracking, name = gate_settings.registry.tracking_uri, gate_settings.registry.model_name
     challenger = _register(gate_settings, trained.checkpoint_dir, trained)
-    mlflow.MlflowClient(tracking).set_model_version_tag(name, challenger, "held_out", "liver*")
+    other = json.dumps({"validation": ["liver*"], "test": []})
+    mlflow.MlflowClient(tracking).set_model_version_tag(name, challenger, "splits", other)
     with pytest.raises(promotion.PromotionError, match="not comparable"):
         stages.promote(gate_settings)

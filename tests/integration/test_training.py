@@ -30,7 +30,9 @@ def test_run_records_lineage_and_version_is_the_challenger(settings: Settings, t
     client = MlflowClient(settings.registry.tracking_uri)
     run = client.get_run(trained.run_id)
     assert run.data.params["num_workers"] == "2" and run.data.params["resolution"] == str(settings.resolution)
-    assert len(run.data.tags["store_snapshot_id"]) == 16 and run.data.tags["held_out"] == "kidney*"
+    assert len(run.data.tags["store_snapshot_id"]) == 16
+    assert json.loads(run.data.tags["splits"]) == settings.training.splits.to_dict()
+    assert run.data.tags["held_out"] == ",".join(settings.training.held_out)
     version = client.get_model_version_by_alias(settings.registry.model_name, CHALLENGER)
     assert str(version.version) == trained.version
     assert version.tags["store_snapshot_id"] == run.data.tags["store_snapshot_id"]
@@ -53,12 +55,15 @@ def test_registered_version_loads_back_with_identical_outputs(settings: Settings
         assert torch.equal(loaded.network(*inputs), reference(*inputs))
 
 
-def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(
+def test_model_beats_the_trivial_baselines_and_falls_on_every_prompt_use_control(
     settings: Settings, trained: TrainingOutcome
 ) -> None:
-    """The learning test, on the quick evaluation that follows every training: kidneys were never trained on;
-    prompts and queries come from different cases. The model must beat the better trivial baseline, and itself given
-    the prompts of a different task (so a model that ignores its prompts cannot pass)."""
+    """The learning test at the suite's budget, on the quick evaluation of the validation split that follows every
+    training (a whole simulated center, a whole real dataset and real CT structures, never trained on). It checks the
+    trivial baselines and the prompt-use controls, not a gain over the prior rule: at 300 tiny steps the network does
+    not beat the rule (its learned contribution is recorded in the report; bench/RESULTS.md compares the two at the
+    benchmark's budget). The network must beat the better trivial baseline, and fall on each control (another
+    structure's prompts, masks shuffled across slices, empty masks), so a model that ignores its prompts fails."""
     evaluation = trained.evaluation
     report = evaluation.report_dir
     assert (report / "results.md").exists() and (report / "dice_vs_n.png").exists()
@@ -66,41 +71,47 @@ def test_model_beats_trivial_baselines_and_itself_with_another_tasks_prompts(
     written = (report / "results.json").read_text()
     assert written == json.dumps(evaluation.report.model_dump(), indent=2)  # the file holds the typed report
     results = json.loads(written)
-    assert results["spec"]["profile"] == "quick" and results["spec"]["n_prompts"] == [1, 4, 8]
-    assert results["spec"]["resamples"] == 3
+    spec = results["spec"]
+    assert spec["profile"] == "quick" and spec["split"] == "validation" and spec["n_prompts"] == [1, 4, 8]
+    assert spec["splits"] == settings.training.splits.to_dict()
     rows = results["rows"]
 
     def dice(method: str) -> float:
-        values = [
-            r["dice"]
-            for r in rows
-            if r["method"] == method and r["dataset"].startswith("synth") and r["n_prompts"] >= 4
-        ]
+        values = [r["dice"] for r in rows if r["method"] == method and r["n_prompts"] >= 4]
         assert values, method
         return float(np.mean(values))
 
-    model, other_task = dice("promptseg"), dice("promptseg_other_task_prompts")
+    model = dice("promptseg")
     trivial = max(dice("mean_prompt_mask"), dice("most_similar_prompt"))
-    assert model > trivial + 0.10, f"held-out Dice {model:.3f} vs better trivial baseline {trivial:.3f}"
-    assert model > other_task + 0.10, f"held-out Dice {model:.3f} vs with another task's prompts {other_task:.3f}"
-    assert "supervised_unet" not in evaluation.report.summary  # quick profile
+    assert model > trivial + 0.10, f"validation Dice {model:.3f} vs better trivial baseline {trivial:.3f}"
+    for control in ("other_structure", "shuffled_masks", "empty_masks"):
+        controlled = dice(f"promptseg+{control}")
+        assert controlled < model - 0.15, f"Dice {model:.3f} vs {controlled:.3f} with the {control} control"
+    assert {"prior_rule", "promptseg_tokens_zeroed", "prior_rule+empty_masks"} <= set(evaluation.report.summary)
+    gain = evaluation.report.learned_contribution["8"]
+    assert gain.tasks > 10 and gain.ci_low <= gain.mean <= gain.ci_high
     summary = evaluation.report.summary["promptseg"]["8"]
-    assert set(summary) == {"dice", "iou", "hd95"} and summary["dice"].count > 1
-    assert {"synth-center-a", "synth-center-b", "synth-center-c"} <= set(results["dice_at_largest_n"]["dataset"])
-    assert {"center-a", "center-b", "center-c"} <= set(results["dice_at_largest_n"]["center"])
+    assert {"dice", "iou", "hd95", "fp_rate", "dice_with_empty"} <= set(summary) and summary["dice"].count > 1
+    assert summary["dice"].ci_low < summary["dice"].mean < summary["dice"].ci_high
+    assert 0 <= summary["fp_rate"].mean <= 1 and sum(r["empty_queries"] for r in rows) > 0
+    assert {"synth-center-b", "ct-spine-tptbox", "ct-abdomen-61"} == set(results["dice_at_largest_n"]["dataset"])
+    assert {"kidney_left", "spleen", "vertebrae_L3"} <= set(results["dice_at_largest_n"]["label"])
+    assert "supervised_unet" not in evaluation.report.summary  # quick profile
     client = MlflowClient(settings.registry.tracking_uri)
     tags = client.get_model_version(settings.registry.model_name, trained.version).tags
     tagged = float(tags["heldout_dice_promptseg_n8"])
     assert tagged == pytest.approx(evaluation.scores["dice_promptseg_n8"], abs=1e-6)
     measured_on = json.loads(tags["heldout_eval_spec"])
-    assert measured_on["spec"]["profile"] == "quick" and measured_on["spec"]["held_out"] == ["kidney*"]
+    assert measured_on["spec"]["split"] == "validation" and measured_on["spec"]["splits"] == spec["splits"]
     assert measured_on["store_snapshot_id"] == tags["store_snapshot_id"]
+    assert json.loads(tags["splits"]) == spec["splits"]
     recorded = recorded_evaluation(settings.registry.tracking_uri, settings.registry.model_name, trained.version)
     assert recorded is not None and recorded.primary == "promptseg"
     assert recorded.spec == evaluation.report.spec.to_dict() and recorded.store_snapshot_id == tags["store_snapshot_id"]
     card = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained.version).model_card
     assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation.scores["dice_promptseg_n8"]
-    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained.run_id, "evaluation-quick")}
+    assert json.loads(card["training_data"]["splits"]) == spec["splits"]
+    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained.run_id, "evaluation-quick-validation")}
     assert {"results.json", "results.md", "dice_vs_n.png", "overlays"} <= logged
 
 
@@ -111,10 +122,11 @@ def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(
     ensembling beside the UniverSeg-style baseline and the supervised UNet, per dataset and center; both baselines
     are trained on first use for this store snapshot and reused by the next full evaluation."""
     options = {"n_prompts": [1, 4], "resamples": 1, "queries": 2, "supervised_steps": 20, "universeg_steps": 4}
+    options |= {"axes": [2]}  # axial tasks only, to keep the test short
     first = stages.evaluate(settings, trained.version, profile="full", **options)
     methods = set(first.evaluation.report.summary)
     assert {"promptseg", "promptseg_ensemble5", "universeg", "supervised_unet", "mean_prompt_mask"} <= methods
-    assert {"promptseg_other_task_prompts", "most_similar_prompt"} <= methods
+    assert {"promptseg+other_structure", "most_similar_prompt", "prior_rule"} <= methods
     assert first.version == trained.version
     assert first.evaluation.report.spec.profile == "full" and first.evaluation.report.supervised_trained > 0
     baselines = sorted((settings.root / "baselines").glob("universeg-*"))
@@ -125,6 +137,20 @@ def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(
     assert baselines[0].joinpath("model.safetensors").stat().st_mtime_ns == modified
     for method in ("supervised_unet", "universeg"):  # the same networks give the same scores
         assert _dice_per_n(second, method) == _dice_per_n(first, method)
+    client = MlflowClient(settings.registry.tracking_uri)
+    before = client.get_model_version(settings.registry.model_name, trained.version).tags["heldout_eval_spec"]
+    test = stages.evaluate(settings, trained.version, split="test", n_prompts=[2], resamples=1, axes=[2])
+    assert test.evaluation.report.spec.split == "test"
+    assert {t.split("/")[0] for t in test.evaluation.report.tasks} == {
+        "synth-center-c",
+        "ct-abdomen-61",
+        "mr-spine-tptbox",
+        "micro-nuclei-dsb2018",
+    }
+    after = client.get_model_version(settings.registry.model_name, trained.version).tags["heldout_eval_spec"]
+    assert after == before  # test scores are reported, never recorded where the gate reads
+    logged = {a.path for a in client.list_artifacts(trained.run_id)}
+    assert {"evaluation-full-validation", "evaluation-quick-test"} <= logged
 
 
 def _dice_per_n(result: VersionEvaluation, method: str) -> dict[str, float]:
@@ -151,5 +177,5 @@ def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(
     assert config["architecture"] == "universeg" and config["width"] == 64 and config["levels"] == 4
     result = stages.evaluate(settings, trained.version, resamples=1, queries=2, baselines=[baseline.checkpoint_dir])
     methods = set(result.evaluation.report.summary)
-    assert {"promptseg", "universeg", "promptseg_other_task_prompts", "mean_prompt_mask"} <= methods
+    assert {"promptseg", "universeg", "promptseg+empty_masks", "mean_prompt_mask"} <= methods
     assert "most_similar_prompt" in methods and "supervised_unet" not in methods

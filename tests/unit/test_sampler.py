@@ -46,6 +46,17 @@ def test_prompts_and_queries_come_from_different_cases_or_far_apart(task_store: 
     assert choose_prompts_and_queries(task_store.tasks()[0], 10_000, 1, rng) is None  # cannot supply: skipped
 
 
+def test_one_slice_cases_give_queries_from_several_cases_and_prompts_from_the_others() -> None:
+    """Tiles of a 2D image are one-slice cases: queries gather as many tiles as they need, prompts use the rest."""
+    tiles = Task("nuclei", 1, "nucleus", 2, tuple(SliceRef(f"tile{i}", 0, 0, 50) for i in range(8)))
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        prompts, queries = choose_prompts_and_queries(tiles, 4, 3, rng)
+        assert len({q.case for q in queries}) == 3 and len(prompts) == 4
+        assert not {p.case for p in prompts} & {q.case for q in queries}
+    assert choose_prompts_and_queries(tiles, 6, 3, rng) is None  # 8 tiles cannot give 6 prompts and 3 queries
+
+
 def test_restored_state_gives_the_same_episodes(settings: Settings, task_store: TaskStore) -> None:
     store = task_store
     training, _ = split_tasks(store.tasks(), settings.training.held_out, store.resolution)

@@ -17,7 +17,8 @@ def test_each_variable_reaches_its_stage(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "PROMPTSEG_WORKSPACE": str(tmp_path),
         "PROMPTSEG_SERVE_PORT": "9123",
         "PROMPTSEG_SERVE_API_KEY": "k",
-        "PROMPTSEG_HELD_OUT": '["liver*"]',
+        "PROMPTSEG_VALIDATION": '["liver*"]',
+        "PROMPTSEG_TEST": '["center:center-c"]',
         "PROMPTSEG_CT_WINDOW": "[-100, 200]",
         "PROMPTSEG_NIGHTLY_CRON": "0 3 * * *",
         "PROMPTSEG_MODEL_NAME": "other",
@@ -27,7 +28,8 @@ def test_each_variable_reaches_its_stage(monkeypatch: pytest.MonkeyPatch, tmp_pa
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.serve.port == 9123 and settings.serve.api_key.get_secret_value() == "k"
-    assert settings.training.held_out == ["liver*"] and settings.data.ct_window == [-100, 200]
+    assert settings.training.held_out == ["liver*", "center:center-c"] and settings.data.ct_window == [-100, 200]
+    assert settings.training.splits.to_dict() == {"validation": ["liver*"], "test": ["center:center-c"]}
     assert settings.nightly.cron == "0 3 * * *" and settings.ray_address == "ray://head:10001"
     assert settings.registry.model_name == "other" and settings.registry.tracking_uri == "http://mlflow:5000"
     assert settings.serve.tasks_dir == tmp_path.resolve() / "serve_tasks"
