@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from workspace import prepared_workspace
 
+from pipelines.demo import sample_manifests
+
 if TYPE_CHECKING:
     from promptseg.evaluation.report import EvaluationReport
 
@@ -51,7 +53,7 @@ def main() -> None:
     parser.add_argument("--supervised-steps", type=int, default=400)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="promptseg-bench-heldout-"))
-    settings = prepared_workspace(folder, args.resolution, n_cases=4, with_sample=True)
+    settings = prepared_workspace(folder, args.resolution, n_cases=4, samples=sample_manifests())
     from pipelines import stages
 
     results: dict[str, list[float]] = {}

@@ -12,7 +12,6 @@ import mlflow
 import torch
 
 from pipelines import stages
-from pipelines.demo import sample_manifests
 from pipelines.settings import Settings
 from promptseg.nets.checkpoint import save_model
 from promptseg.nets.factory import build_model, model_config
@@ -20,9 +19,10 @@ from promptseg.registry.tracking import use_experiment
 from storage.preparation import RECIPE_VERSION
 
 
-def prepared_workspace(folder: Path, resolution: int, n_cases: int, with_sample: bool = False) -> Settings:
-    """Point the settings at `folder`/ws (process environment, so Ray workers see it too), write and preprocess the
-    data, and return the settings."""
+def prepared_workspace(folder: Path, resolution: int, n_cases: int, samples: list[Path] | None = None) -> Settings:
+    """Point the settings at `folder`/ws (process environment, so Ray workers see it too), write the simulator's
+    centers, ingest them with the `samples` manifests (e.g. `sample_manifests()`), preprocess, and return the
+    settings."""
     os.environ["PROMPTSEG_WORKSPACE"] = str(Path(folder) / "ws")
     os.environ["PROMPTSEG_RESOLUTION"] = str(resolution)
     from pipelines import environment, stages
@@ -31,7 +31,7 @@ def prepared_workspace(folder: Path, resolution: int, n_cases: int, with_sample:
     settings = Settings()
     environment.prepare(settings)
     sources = write_synthetic_datasets(Path(folder) / "raw", n_cases=n_cases, seed=0)
-    stages.ingest(settings, [*sources, *sample_manifests()] if with_sample else sources)
+    stages.ingest(settings, [*sources, *(samples or [])])
     stages.preprocess(settings)
     return settings
 

@@ -39,6 +39,7 @@ def train(
     from promptseg.nets.checkpoint import load_model
     from promptseg.registry.versions import register_checkpoint
     from promptseg.training.loop import TrainConfig, run_training
+    from storage.splits import Splits
 
     if resume and not run_name:
         raise ValueError("resuming needs the name of the run to continue")

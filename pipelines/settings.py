@@ -6,7 +6,7 @@ and one sub-model per stage, each read from its own variables and handed to its 
 | sub-model | stage | variables (PROMPTSEG_ + …) |
 |---|---|---|
 | `data` (`DataSettings`) | ingest, preprocess | AXES, EMPTY_FRACTION, CT_WINDOW, DASK_ADDRESS, DASK_WORKERS |
-| `training` (`promptseg.training.settings`) | training | HELD_OUT, RAY_STORAGE_URL |
+| `training` (`promptseg.training.settings`) | training | VALIDATION, TEST, RAY_STORAGE_URL |
 | `registry` (`promptseg.registry.settings`) | registry, run logs | MODEL_NAME, EXPERIMENT; and MLFLOW_TRACKING_URI |
 | `serve` (`promptseg.serving.settings`) | serving | SERVE_* |
 | `nightly` (`NightlySettings`) | the scheduled pipeline | NIGHTLY_* |

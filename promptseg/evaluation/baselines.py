@@ -39,21 +39,26 @@ def most_similar_prompt_mask(
     return prompt_masks[correlation.argmax(axis=1)].astype(np.float32)
 
 
+LOCATION_FLOOR = 0.01  # the mean prompt mask is clipped to [0.01, 0.99] before its logit
+
+
 def prior_rule(prompt_images: np.ndarray, prompt_masks: np.ndarray, query_images: np.ndarray) -> np.ndarray:
     """The no-learning prior rule: the two priors the PromptSeg network computes from its prompts, combined as
     naive Bayes with no trained parameter: (N, 1, R, R) ×2, (Q, 1, R, R) → (Q, 1, R, R) float32 probabilities.
 
     logit p(foreground | pixel) = log p(intensity | fg) / p(intensity | bg) (the prompts' smoothed intensity
     histograms, `promptseg.nets.model.intensity_log_ratio`, looked up at the query's pixel) + logit of the mean
-    prompt mask at that position, Laplace-smoothed as (k + 1) / (N + 2) so that N = 1 does not forbid every pixel
-    outside the prompt's mask.
+    prompt mask at that position, clipped to [LOCATION_FLOOR, 1 − LOCATION_FLOOR] so that a pixel no prompt marked
+    can still be claimed by a strongly foreground intensity. bench/bench_prior_rule.py checks it against the figures
+    the rule was first measured with.
     """
     images = torch.from_numpy(np.asarray(prompt_images, np.float32))
     masks = torch.from_numpy(np.asarray(prompt_masks, np.float32))
     ratio = intensity_log_ratio(images, masks, 1)[0].numpy()
     bins = len(ratio)
     index = np.rint(np.clip(np.asarray(query_images, np.float32), 0, 1) * (bins - 1)).astype(np.int64)
-    n = len(prompt_masks)
-    location = (np.asarray(prompt_masks, np.float32).sum(axis=0, keepdims=True) + 1.0) / (n + 2.0)
+    location = np.clip(
+        np.asarray(prompt_masks, np.float32).mean(axis=0, keepdims=True), LOCATION_FLOOR, 1 - LOCATION_FLOOR
+    )
     logits = ratio[index] + np.log(location / (1.0 - location))
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

@@ -14,7 +14,8 @@ a prompt count a task cannot supply is recorded as skipped. Methods, all on the 
 - `prior_rule` (no learning: the network's intensity and location priors as naive Bayes), `mean_prompt_mask`
   and `most_similar_prompt`;
 - `<network>+<control>` and `prior_rule+<control>` for the controls of `episodes` (a model that reads its
-  prompts falls towards zero on them);
+  prompts falls towards zero on them); the controls and the token-path ablation run at the largest N in `quick`
+  and at every N in `full`;
 - `supervised_unet` (full profile): a UNet trained on the task's slices of the other cases than the queries'
   (cached per task and query cases): a supervised reference, not an upper bound.
 
@@ -61,18 +62,25 @@ def _rule(prompt_images: np.ndarray, prompt_masks: np.ndarray, queries: np.ndarr
     return prior_rule(prompt_images.astype(np.float32), prompt_masks, queries)[:, 0]
 
 
-def _episode_predictions(predictors: dict[str, Predictor], drawn: EvalEpisode, primary: str) -> dict[str, np.ndarray]:
-    """Foreground probabilities (Q, R, R) of every method and control on one episode."""
+def _episode_predictions(
+    predictors: dict[str, Predictor], drawn: EvalEpisode, primary: str, with_controls: bool
+) -> dict[str, np.ndarray]:
+    """Foreground probabilities (Q, R, R) of every method on one episode, and (`with_controls`) of the token-path
+    ablation and the controls."""
     episode = drawn.episode
     queries = list(episode.query_images[:, 0].astype(np.float32))
     query_array = episode.query_images.astype(np.float32)
-    out = {name: _run(p, episode.prompt_images, episode.prompt_masks, queries) for name, p in predictors.items()}
+    out = {
+        name: _run(p, episode.prompt_images, episode.prompt_masks, queries)
+        for name, p in predictors.items()
+        if with_controls or not name.endswith(TOKENS_ZEROED)
+    }
     out[PRIOR_RULE] = _rule(episode.prompt_images, episode.prompt_masks, query_array)
     out["mean_prompt_mask"] = mean_prompt_mask(episode.prompt_masks, len(queries))[:, 0]
     out["most_similar_prompt"] = most_similar_prompt_mask(
         episode.prompt_images.astype(np.float32), episode.prompt_masks, query_array
     )[:, 0]
-    for control, (images, masks) in drawn.controls.items():
+    for control, (images, masks) in drawn.controls.items() if with_controls else ():
         out[f"{primary}+{control}"] = _run(predictors[primary], images, masks, queries)
         out[f"{PRIOR_RULE}+{control}"] = _rule(images, masks, query_array)
     return out
@@ -135,7 +143,8 @@ def evaluate(
                 if drawn is None:
                     skipped.append(SkippedCell(task=task.task_id, n_prompts=n, reason="not enough slices"))
                     break
-                probabilities = _episode_predictions(predictors, drawn, primary)
+                with_controls = spec.controls_at_every_n or n == largest
+                probabilities = _episode_predictions(predictors, drawn, primary, with_controls)
                 query_cases = tuple(sorted({ref.case for ref in drawn.query_refs}))
                 if supervised is not None:
                     fitted = supervised.predict(task, query_cases, drawn.episode.query_images.astype(np.float32))

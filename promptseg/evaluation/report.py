@@ -32,7 +32,8 @@ class EvalSpec:
     """What an evaluation runs; recorded with its results and on the model version it scores.
 
     `splits` are the validation and test patterns (storage.splits) and `split` the one evaluated. Each episode has
-    `queries` slices showing the structure and up to `empty_queries` slices of the query cases without it."""
+    `queries` slices showing the structure and up to `empty_queries` slices of the query cases without it. The
+    prompt-use controls and the token-path ablation run at the largest N only, unless `controls_at_every_n`."""
 
     splits: dict[str, list[str]] = field(default_factory=lambda: Splits().to_dict())
     split: str = "validation"
@@ -47,6 +48,7 @@ class EvalSpec:
     supervised_steps: int = 0
     bootstrap: int = 1000
     axes: list[int] | None = None  # only the tasks along these slicing axes (None: every axis)
+    controls_at_every_n: bool = False  # the controls and the ablation at every N, or at the largest only
 
     @property
     def held_out(self) -> list[str]:
@@ -66,6 +68,7 @@ PROFILES: dict[str, dict] = {
         "queries": 4,
         "ensembles": [1, 5],
         "supervised_steps": 2000,
+        "controls_at_every_n": True,
     },
 }
 

