@@ -161,9 +161,10 @@ class EvaluationReport(BaseModel):
     supervised_trained: int
 
     def headline_scores(self) -> dict[str, float]:
-        """Mean Dice per method at the largest N it was evaluated at, as `dice_<method>_n<N>`."""
+        """Mean Dice per method at the largest N it was evaluated at, as `dice_<method>_n<N>`; a control
+        `<method>+<control>` is named `<method>_with_<control>` (MLflow keys allow no `+`)."""
         return {
-            f"dice_{method}_n{n}": per_n[n]["dice"].mean
+            f"dice_{method.replace('+', '_with_')}_n{n}": per_n[n]["dice"].mean
             for method, per_n in self.summary.items()
             for n in [max(per_n, key=int, default=None)]
             if n is not None

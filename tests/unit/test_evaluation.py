@@ -119,3 +119,17 @@ def test_cells_have_bootstrap_intervals_over_tasks_and_paired_differences() -> N
     assert difference.mean == pytest.approx(0.05) and difference.ci_low == pytest.approx(0.05)  # same gap each task
     one_task = over_resamples(_rows("model", {"t0": [0.5, 0.7]}), "dice")
     assert one_task.mean == pytest.approx(0.6) and math.isnan(one_task.ci_low)  # no interval from one task
+
+
+def test_headline_scores_are_valid_mlflow_keys() -> None:
+    """Scores are logged as MLflow metrics and version tags, whose keys allow no `+` (the controls' separator)."""
+    from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
+
+    from promptseg.evaluation.report import EvaluationReport, Stat
+
+    cell = {"8": {"dice": Stat(mean=0.5, sd=0.0, count=1, tasks=1)}}
+    report = EvaluationReport.model_construct(summary={"promptseg": cell, "promptseg+empty_masks": cell})
+    assert set(report.headline_scores()) == {"dice_promptseg_n8", "dice_promptseg_with_empty_masks_n8"}
+    for key in report.headline_scores():
+        _validate_metric_name(f"validation_{key}")
+        _validate_tag_name(f"heldout_{key}")

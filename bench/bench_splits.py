@@ -1,0 +1,158 @@
+"""Benchmark: one table per split (validation, test) with every method, the ablations and the controls, over
+training seeds, with 95 % bootstrap intervals over tasks.
+
+Builds a workspace (the simulator's three centers with 4 cases each and the six real datasets of data/samples →
+ingest → preprocess, 64²), then trains each variant for each seed through the platform (Ray Train, 2 workers, the
+same loop and budget: steps × batch × resolution) on the training split, and evaluates the checkpoint on the
+validation and the test split (the quick profile's episodes with N = 1, 4, 8, 16; the controls and the token-path
+ablation at every N). Variants: `promptseg` (all priors), `promptseg-no-priors` (`--priors none`), single-prior
+variants, and `universeg` (the UniverSeg-style network). Prints one JSON line per (variant, seed, split) and, per
+split, one line per method: Dice at each N as the mean over tasks of the seed-averaged task means with its bootstrap
+interval, and the spread over seeds (sd of the per-seed means) beside it.
+Usage: python bench/bench_splits.py [--steps 300] [--seeds 0 1 2] [--variants promptseg universeg ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from workspace import prepared_workspace
+
+from pipelines.demo import sample_manifests
+
+VARIANTS = {
+    "promptseg": {"size": "tiny"},
+    "promptseg-no-priors": {"size": "tiny", "priors": []},
+    "promptseg-intensity-only": {"size": "tiny", "priors": ["intensity"]},
+    "promptseg-location-only": {"size": "tiny", "priors": ["location"]},
+    "promptseg-prototypes-only": {"size": "tiny", "priors": ["prototypes"]},
+    "universeg": {"size": "universeg"},
+}
+N_PROMPTS = [1, 4, 8, 16]
+
+
+def _cells(rows: list, method: str, draws: int) -> dict[str, dict[str, float]]:
+    from promptseg.evaluation.scoring import over_resamples
+
+    cells = {}
+    for n in N_PROMPTS:
+        chosen = [r for r in rows if r.method == method and r.n_prompts == n]
+        if chosen:
+            stat = over_resamples(chosen, "dice", draws)
+            fp = over_resamples(chosen, "fp_rate", draws)
+            cells[str(n)] = {
+                "dice": round(stat.mean, 4),
+                "ci_low": round(stat.ci_low, 4),
+                "ci_high": round(stat.ci_high, 4),
+                "fp_rate": round(fp.mean, 4),
+                "tasks": stat.tasks,
+            }
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["promptseg"], choices=list(VARIANTS))
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None, help="seeds of the other variants")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="promptseg-bench-splits-"))
+    settings = prepared_workspace(folder, 64, n_cases=4, samples=sample_manifests())
+    from pipelines import stages
+    from promptseg.evaluation.heldout import evaluate
+    from promptseg.evaluation.report import eval_spec
+    from promptseg.evaluation.scoring import paired_difference
+    from promptseg.nets.checkpoint import load_model
+    from storage.task_store import TaskStore
+
+    store = TaskStore.open(settings.store, settings.resolution)
+    rows: dict[tuple[str, str], list] = {}
+    per_seed: dict[tuple[str, str, str], list[float]] = {}
+    try:
+        for variant in args.variants:
+            seeds = args.seeds if variant == "promptseg" or args.ablation_seeds is None else args.ablation_seeds
+            for seed in seeds:
+                start = time.perf_counter()
+                trained = stages.train(
+                    settings,
+                    steps=args.steps,
+                    seed=seed,
+                    run_name=f"{variant}-seed{seed}",
+                    register=False,
+                    evaluate=False,
+                    **VARIANTS[variant],
+                )
+                train_s = time.perf_counter() - start
+                network = load_model(trained.checkpoint_dir)
+                for split in ("validation", "test"):
+                    spec = eval_spec(
+                        "quick", settings.training.splits, split, n_prompts=N_PROMPTS, controls_at_every_n=True
+                    )
+                    report = evaluate(network, store, spec, folder / "reports" / f"{variant}-{seed}-{split}").report
+                    renamed = [
+                        r.model_copy(update={"method": r.method.replace(report.primary, variant, 1)})
+                        if r.method.startswith(report.primary)
+                        else r
+                        for r in report.rows
+                    ]
+                    rows.setdefault((variant, split), []).extend(renamed)
+                    methods = list(dict.fromkeys(r.method for r in renamed))
+                    for method in methods:
+                        at_8 = [r.dice for r in renamed if r.method == method and r.n_prompts == 8]
+                        per_seed.setdefault((split, variant, method), []).append(float(np.mean(at_8)))
+                    gain = paired_difference(renamed, variant, "prior_rule")
+                    print(
+                        json.dumps(
+                            {
+                                "bench": "splits_run",
+                                "variant": variant,
+                                "seed": seed,
+                                "split": split,
+                                "steps": args.steps,
+                                "train_s": round(train_s, 1),
+                                "tasks": len(report.tasks),
+                                "dice_n8": {m: round(per_seed[(split, variant, m)][-1], 4) for m in methods},
+                                "learned_contribution_all_n": [round(gain.mean, 4), round(gain.ci_low, 4)],
+                            }
+                        ),
+                        flush=True,
+                    )
+        for (variant, split), collected in rows.items():
+            for method in dict.fromkeys(r.method for r in collected):
+                seed_means = per_seed[(split, variant, method)]
+                contribution = None
+                if method == variant:
+                    gains = {
+                        str(n): paired_difference([r for r in collected if r.n_prompts == n], variant, "prior_rule")
+                        for n in N_PROMPTS
+                    }
+                    contribution = {
+                        n: [round(g.mean, 4), round(g.ci_low, 4), round(g.ci_high, 4)] for n, g in gains.items()
+                    }
+                print(
+                    json.dumps(
+                        {
+                            "bench": "splits_summary",
+                            "split": split,
+                            "variant": variant,
+                            "method": method,
+                            "seeds": len(seed_means),
+                            "cells": _cells(collected, method, 1000),
+                            "seed_sd_n8": round(float(np.std(seed_means, ddof=1)), 4) if len(seed_means) > 1 else None,
+                            "learned_contribution": contribution,
+                        }
+                    ),
+                    flush=True,
+                )
+    finally:
+        stages.stop_serving(settings)
+
+
+if __name__ == "__main__":
+    main()
