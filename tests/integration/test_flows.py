@@ -89,6 +89,6 @@ def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, 
     report = state.result()
     assert [d.version for d in report.datasets] == [d.version for d in preprocessed.datasets]
     states = _task_run_states(state.state_details.flow_run_id)
-    assert len(states) == 6 + 16 + 3 * 4 and set(states) == {"Cached"}  # one per case (a tile is a case)
+    assert len(states) == 5 + 16 + 3 * 4 and set(states) == {"Cached"}  # one per case (a tile is a case)
     assert _file_times(settings.store) == before
     assert TaskStore.open(settings.store).snapshot_id() == snapshot

@@ -179,7 +179,9 @@ def test_universeg_baseline_trains_on_ray_and_is_evaluated_beside_the_model(
     assert baseline.evaluation is None and baseline.version is None
     config = json.loads((baseline.checkpoint_dir / "model_config.json").read_text())
     assert config["architecture"] == "universeg" and config["width"] == 64 and config["levels"] == 4
-    result = stages.evaluate(settings, trained.version, resamples=1, queries=2, baselines=[baseline.checkpoint_dir])
+    result = stages.evaluate(
+        settings, trained.version, resamples=1, queries=2, axes=[2], baselines=[baseline.checkpoint_dir]
+    )
     methods = set(result.evaluation.report.summary)
     assert {"promptseg", "universeg", "promptseg+empty_masks", "mean_prompt_mask"} <= methods
     assert "most_similar_prompt" in methods and "supervised_unet" not in methods
