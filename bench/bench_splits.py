@@ -4,8 +4,8 @@ training seeds, with 95 % bootstrap intervals over tasks.
 Builds a workspace (the simulator's three centers with 4 cases each and the six real datasets of data/samples →
 ingest → preprocess, 64²), then trains each variant for each seed through the platform (Ray Train, 2 workers, the
 same loop and budget: steps × batch × resolution) on the training split, and evaluates the checkpoint on the
-validation and the test split (the quick profile's episodes with N = 1, 4, 8, 16; the controls and the token-path
-ablation at every N). Variants: `promptseg` (all priors), `promptseg-no-priors` (`--priors none`), single-prior
+validation and the test split (the quick profile's episodes, N = 1, 4, 8; the controls and the token-path
+ablation at N = 8). Variants: `promptseg` (all priors), `promptseg-no-priors` (`--priors none`), single-prior
 variants, and `universeg` (the UniverSeg-style network). Prints one JSON line per (variant, seed, split) and, per
 split, one line per method: Dice at each N as the mean over tasks of the seed-averaged task means with its bootstrap
 interval, and the spread over seeds (sd of the per-seed means) beside it.
@@ -33,7 +33,7 @@ VARIANTS = {
     "promptseg-prototypes-only": {"size": "tiny", "priors": ["prototypes"]},
     "universeg": {"size": "universeg"},
 }
-N_PROMPTS = [1, 4, 8, 16]
+N_PROMPTS = [1, 4, 8]
 
 
 def _cells(rows: list, method: str, draws: int) -> dict[str, dict[str, float]]:
@@ -91,9 +91,7 @@ def main() -> None:
                 train_s = time.perf_counter() - start
                 network = load_model(trained.checkpoint_dir)
                 for split in ("validation", "test"):
-                    spec = eval_spec(
-                        "quick", settings.training.splits, split, n_prompts=N_PROMPTS, controls_at_every_n=True
-                    )
+                    spec = eval_spec("quick", settings.training.splits, split, n_prompts=N_PROMPTS)
                     report = evaluate(network, store, spec, folder / "reports" / f"{variant}-{seed}-{split}").report
                     renamed = [
                         r.model_copy(update={"method": r.method.replace(report.primary, variant, 1)})

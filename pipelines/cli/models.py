@@ -96,7 +96,7 @@ def train(
 def evaluate(
     ctx: typer.Context,
     model: str = "challenger",
-    profile: Annotated[Profile, typer.Option(help="quick (N 1/4/8, 2 resamples) or full (N to 32, baselines).")] = (
+    profile: Annotated[Profile, typer.Option(help="quick (N 1/4/8, 1 resample) or full (N to 32, baselines).")] = (
         Profile.quick
     ),
     split: Annotated[

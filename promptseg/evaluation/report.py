@@ -61,7 +61,7 @@ class EvalSpec:
 
 
 PROFILES: dict[str, dict] = {
-    "quick": {"n_prompts": [1, 4, 8], "resamples": 2, "queries": 3, "ensembles": [1], "supervised_steps": 0},
+    "quick": {"n_prompts": [1, 4, 8], "resamples": 1, "queries": 3, "ensembles": [1], "supervised_steps": 0},
     "full": {
         "n_prompts": [1, 2, 4, 8, 16, 32],
         "resamples": 5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
@@ -25,10 +26,19 @@ REAL = [
 DATASETS = sorted([*REAL, "synth-center-a", "synth-center-b", "synth-center-c"])
 
 
-def _task_run_states(flow_run_id: object) -> list[str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [run.state.name for run in runs if run.name.startswith("preprocess-case")]
+def _task_run_states(flow_run_id: object, expected: int, timeout_s: float = 60.0) -> list[str]:
+    """The final states of the flow run's preprocess-case task runs. Prefect records task-run states from events
+    that its server processes after the flow returns, so they are read until `expected` runs have left Pending and
+    Running (or the timeout passes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = [run.state.name for run in runs if run.name.startswith("preprocess-case")]
+        settled = len(states) >= expected and not {"Pending", "Running"} & set(states)
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def _file_times(root: str) -> dict[str, int]:
@@ -88,7 +98,8 @@ def test_second_run_is_served_from_cache_and_writes_nothing(settings: Settings, 
     )
     report = state.result()
     assert [d.version for d in report.datasets] == [d.version for d in preprocessed.datasets]
-    states = _task_run_states(state.state_details.flow_run_id)
-    assert len(states) == 5 + 16 + 3 * 4 and set(states) == {"Cached"}  # one per case (a tile is a case)
+    cases = 5 + 16 + 3 * 4  # one task per case: five single-case real datasets, 16 nuclei tiles, 3 × 4 simulated
+    states = _task_run_states(state.state_details.flow_run_id, cases)
+    assert len(states) == cases and set(states) == {"Cached"}
     assert _file_times(settings.store) == before
     assert TaskStore.open(settings.store).snapshot_id() == snapshot
