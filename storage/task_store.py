@@ -125,6 +125,7 @@ class TaskStore:
         self._root = root
         self.url = url
         self._arrays: dict[str, ts.TensorStore | zarr.Array] = {}
+        self._summaries: dict[tuple[str, str, int], dict] = {}
 
     def __reduce__(self) -> tuple:
         """Pickled as its URL: a copy (in a DataLoader or Ray worker) reopens the store and its own read handles."""
@@ -250,8 +251,14 @@ class TaskStore:
     def absent_slices(self, task: Task, case: str) -> list[SliceRef]:
         """The slices of `case` the store keeps along the task's axis that do not show the task's structure
         (negative queries: a model must predict nothing there)."""
-        key = self.version_info(task.dataset)["cases"][case]["key"]
-        summary = self.case_summary(task.dataset, key, task.axis) or {"indices": [], "foreground": {}}
+        cache_key = (task.dataset, case, task.axis)  # a case's arrays and summary never change, like `_arrays`
+        if cache_key not in self._summaries:
+            key = self.version_info(task.dataset)["cases"][case]["key"]
+            self._summaries[cache_key] = self.case_summary(task.dataset, key, task.axis) or {
+                "indices": [],
+                "foreground": {},
+            }
+        summary = self._summaries[cache_key]
         counts = summary["foreground"].get(str(task.label_value)) or [0] * len(summary["indices"])
         rows = enumerate(zip(summary["indices"], counts, strict=True))
         return [SliceRef(case, position, index, 0) for position, (index, count) in rows if not count]

@@ -82,9 +82,10 @@ def draw_episode(
     rng: np.random.Generator,
     min_gap: int,
     others: list[Task],
+    with_controls: bool = True,
 ) -> EvalEpisode | None:
-    """One evaluation episode as the module docstring says; None when the task cannot supply N prompts and the
-    queries."""
+    """One evaluation episode as the module docstring says (the controls only `with_controls`; they are drawn after
+    the episode, so it is the same either way); None when the task cannot supply N prompts and the queries."""
     chosen = choose_prompts_and_queries(task, n_prompts, n_queries, rng, min_gap)
     if chosen is None:
         return None
@@ -92,6 +93,8 @@ def draw_episode(
     queries = queries + _empty_queries(store, task, prompts, queries, n_empty, rng, min_gap)
     episode = read_episode(store, task, prompts, queries)
     controls: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if not with_controls:
+        return EvalEpisode(episode, queries, controls)
     if others:
         other = others[rng.integers(len(others))]
         picked = choose_prompts_and_queries(other, n_prompts, 1, rng, min_gap)

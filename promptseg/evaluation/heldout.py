@@ -44,6 +44,7 @@ from promptseg.evaluation.scoring import over_resamples, paired_difference, scor
 from promptseg.evaluation.supervised_cache import SupervisedReferences
 from promptseg.inference.predictor import MODEL_GRID, Predictor
 from promptseg.nets.model import tokens_zeroed
+from storage.sampler import split_tasks
 from storage.splits import Splits
 from storage.task_store import Task, TaskStore
 
@@ -63,24 +64,21 @@ def _rule(prompt_images: np.ndarray, prompt_masks: np.ndarray, queries: np.ndarr
 
 
 def _episode_predictions(
-    predictors: dict[str, Predictor], drawn: EvalEpisode, primary: str, with_controls: bool
+    predictors: dict[str, Predictor], ablations: dict[str, Predictor], drawn: EvalEpisode, primary: str
 ) -> dict[str, np.ndarray]:
-    """Foreground probabilities (Q, R, R) of every method on one episode, and (`with_controls`) of the token-path
-    ablation and the controls."""
+    """Foreground probabilities (Q, R, R) of every method on one episode, and, when the episode carries the controls,
+    of the ablations and the controls."""
     episode = drawn.episode
     queries = list(episode.query_images[:, 0].astype(np.float32))
     query_array = episode.query_images.astype(np.float32)
-    out = {
-        name: _run(p, episode.prompt_images, episode.prompt_masks, queries)
-        for name, p in predictors.items()
-        if with_controls or not name.endswith(TOKENS_ZEROED)
-    }
+    running = predictors | (ablations if drawn.controls else {})
+    out = {name: _run(p, episode.prompt_images, episode.prompt_masks, queries) for name, p in running.items()}
     out[PRIOR_RULE] = _rule(episode.prompt_images, episode.prompt_masks, query_array)
     out["mean_prompt_mask"] = mean_prompt_mask(episode.prompt_masks, len(queries))[:, 0]
     out["most_similar_prompt"] = most_similar_prompt_mask(
         episode.prompt_images.astype(np.float32), episode.prompt_masks, query_array
     )[:, 0]
-    for control, (images, masks) in drawn.controls.items() if with_controls else ():
+    for control, (images, masks) in drawn.controls.items():
         out[f"{primary}+{control}"] = _run(predictors[primary], images, masks, queries)
         out[f"{PRIOR_RULE}+{control}"] = _rule(images, masks, query_array)
     return out
@@ -92,9 +90,15 @@ def _predictors(network: nn.Module, spec: EvalSpec, baselines: dict[str, nn.Modu
         primary + (f"{ENSEMBLE}{k}" if k > 1 else ""): Predictor(network, ensemble=k, seed=spec.seed)
         for k in spec.ensembles
     }
-    if primary == "promptseg":
-        predictors[primary + TOKENS_ZEROED] = Predictor(tokens_zeroed(network), seed=spec.seed)
     return predictors | {name: Predictor(net, seed=spec.seed) for name, net in (baselines or {}).items()}
+
+
+def _ablations(network: nn.Module, spec: EvalSpec) -> dict[str, Predictor]:
+    """The token-path ablation (PromptSeg only), run where the controls are."""
+    primary = network.config.architecture
+    if primary != "promptseg":
+        return {}
+    return {primary + TOKENS_ZEROED: Predictor(tokens_zeroed(network), seed=spec.seed)}
 
 
 def evaluate(
@@ -109,19 +113,14 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(exist_ok=True)
     splits = Splits.from_dict(spec.splits)
-    everything = store.tasks()
-    tasks = [
-        t
-        for t in splits.tasks(everything, spec.split, store.resolution)
-        if spec.axes in (None, []) or t.axis in spec.axes
-    ]
+    usable, _ = split_tasks(store.tasks(), [], store.resolution)
+    tasks = [t for t in usable if splits.split_of(t) == spec.split and (not spec.axes or t.axis in spec.axes)]
     if not tasks:
         raise ValueError(f"no {spec.split} tasks match {spec.held_out} in {store.url}")
-    allowed = ("training", "validation", "test") if spec.split == "test" else ("training", "validation")
-    candidates = [t for split in allowed for t in splits.tasks(everything, split, store.resolution)]
+    candidates = [t for t in usable if spec.split == "test" or splits.split_of(t) != "test"]  # control prompts
     modality = {dataset: str(store.version_info(dataset).get("modality", "")) for dataset in store.datasets()}
     primary = network.config.architecture
-    predictors = _predictors(network, spec, baselines)
+    predictors, ablations = _predictors(network, spec, baselines), _ablations(network, spec)
     supervised = (
         SupervisedReferences(store, spec.supervised_steps, spec.seed, supervised_cache)
         if spec.supervised_steps
@@ -139,12 +138,14 @@ def evaluate(
         for n in spec.n_prompts:
             for resample in range(spec.resamples):
                 rng = np.random.default_rng([spec.seed, zlib.crc32(task.task_id.encode()), n, resample])
-                drawn = draw_episode(store, task, n, spec.queries, spec.empty_queries, rng, spec.min_gap, others)
+                with_controls = spec.controls_at_every_n or n == largest
+                drawn = draw_episode(
+                    store, task, n, spec.queries, spec.empty_queries, rng, spec.min_gap, others, with_controls
+                )
                 if drawn is None:
                     skipped.append(SkippedCell(task=task.task_id, n_prompts=n, reason="not enough slices"))
                     break
-                with_controls = spec.controls_at_every_n or n == largest
-                probabilities = _episode_predictions(predictors, drawn, primary, with_controls)
+                probabilities = _episode_predictions(predictors, ablations, drawn, primary)
                 query_cases = tuple(sorted({ref.case for ref in drawn.query_refs}))
                 if supervised is not None:
                     fitted = supervised.predict(task, query_cases, drawn.episode.query_images.astype(np.float32))
