@@ -99,6 +99,15 @@ def _print_pipeline(report: NightlyReport, console: Console) -> None:
             f"learned contribution at N={n} ({evaluation.primary} − prior rule): {gain.mean:+.3f} "
             f"[{gain.ci_low:+.3f}, {gain.ci_high:+.3f}] over {gain.tasks} tasks"
         )
+    if trained.test_evaluation:
+        test = trained.test_evaluation.report
+        largest_test = max(test.summary[test.primary], key=int)
+        cells = {m: test.summary[m][largest_test]["dice"] for m in (test.primary, "prior_rule")}
+        console.print(
+            f"test split (reported, never used for a decision), N={largest_test}: "
+            + ", ".join(f"{m} {c.mean:.3f} [{c.ci_low:.2f}, {c.ci_high:.2f}]" for m, c in cells.items())
+            + f" over {cells[test.primary].tasks} tasks"
+        )
     largest = max(ns, key=int)
     methods = [m for m in evaluation.summary if "+" not in m]  # the controls are in the table above
     centers = Table(f"{evaluation.spec.split} Dice at N={largest}, per center", *methods)

@@ -1,4 +1,5 @@
-"""The model stages: train (Ray Train, the `quick` held-out evaluation, registration as the challenger) and evaluate
+"""The model stages: train (Ray Train, the `quick` evaluation on the validation split and, for the model card, on the
+test split, registration as the challenger) and evaluate
 (a registered version on its held-out spec), and a version's held-out scores as the promotion gate compares them.
 
 pipelines.stages offers `train` and `evaluate` with the other stages; the promotion gate (pipelines.promotion)
@@ -7,6 +8,7 @@ builds on `held_out_evaluation`. Each returns its typed hand-off (pipelines.outc
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -27,11 +29,13 @@ def train(
     resume: bool = False,
     register: bool = True,
     evaluate: bool = True,
+    report_test: bool = True,
     **options: Any,
 ) -> TrainingOutcome:
     """Train on Ray (options are `promptseg.training.loop.TrainConfig` fields: steps, size, num_workers, …), run
-    the `quick` held-out evaluation on the result (logged to the run) and register it as the challenger with those
-    scores.
+    the `quick` evaluation on the validation split (logged to the run, tagged on the version: what the promotion gate
+    compares) and, with `report_test` and where the store holds test tasks, on the test split (logged to the run and
+    written in the model card, for reporting only), and register the result as the challenger.
     `resume=True` continues the run named `run_name` from its last checkpoint."""
     from pipelines import cluster
     from pipelines.outcomes import TrainingOutcome
@@ -60,11 +64,16 @@ def train(
         artifact_root=settings.registry.artifact_root,
         resume=resume,
     )
-    evaluation = None
+    evaluation = test_evaluation = None
     if evaluate:
-        spec = eval_spec("quick", Splits.from_dict(config.splits))
+        splits = Splits.from_dict(config.splits)
+        network = load_model(result.checkpoint_dir)
         out_dir = settings.reports_dir / result.run_name
-        evaluation = evaluate_network(settings, load_model(result.checkpoint_dir), spec, out_dir, result.run_id)
+        evaluation = evaluate_network(settings, network, eval_spec("quick", splits), out_dir, result.run_id)
+        if report_test and _has_tasks(settings, splits, "test"):
+            test_dir = settings.reports_dir / f"{result.run_name}-test"
+            spec = eval_spec("quick", splits, "test")
+            test_evaluation = evaluate_network(settings, network, spec, test_dir, result.run_id)
     version = None
     if register:
         version = register_checkpoint(
@@ -73,8 +82,19 @@ def train(
             settings.registry.tracking_uri,
             settings.registry.model_name,
             evaluation.recorded() if evaluation else None,
+            test_evaluation.recorded() if test_evaluation else None,
         )
-    return TrainingOutcome(**result.model_dump(), evaluation=evaluation, version=version)
+    return TrainingOutcome(
+        **result.model_dump(), evaluation=evaluation, test_evaluation=test_evaluation, version=version
+    )
+
+
+def _has_tasks(settings: Settings, splits: Splits, split: str) -> bool:
+    """Whether the store holds tasks of `split` (a workspace of a hospital's own datasets may hold no test task)."""
+    from storage.task_store import TaskStore
+
+    store = TaskStore.open(settings.store, settings.resolution)
+    return bool(splits.tasks(store.tasks(), split, store.resolution))
 
 
 def evaluate_network(
@@ -102,21 +122,26 @@ def evaluate_network(
     return evaluation
 
 
-def universeg_baseline(settings: Settings, steps: int) -> Path:
-    """The UniverSeg-style baseline's checkpoint for the current store snapshot, trained on first use (same held-out
-    spec, no registration) and kept under workspace/baselines for every later `full` evaluation."""
+BUDGET = ("steps", "batch_size", "num_workers")  # with the store's resolution: what "the same budget" fixes
+
+
+def universeg_baseline(settings: Settings, budget: dict[str, int]) -> Path:
+    """The UniverSeg-style baseline's checkpoint for the current store snapshot and training `budget` (steps, batch
+    size per worker, workers), trained on first use by the same loop (same splits, no registration) and kept under
+    workspace/baselines for every later `full` evaluation."""
     from storage.task_store import TaskStore
 
     snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
-    folder = settings.root / "baselines" / f"universeg-{snapshot}-{steps}steps"
+    size = "x".join(str(budget[key]) for key in BUDGET)
+    folder = settings.root / "baselines" / f"universeg-{snapshot}-{size}"
     if not (folder / "model.safetensors").exists():
         trained = train(
             settings,
-            steps=steps,
             size="universeg",
             run_name=time.strftime(f"universeg-{snapshot}-%Y%m%d-%H%M%S"),
             register=False,
             evaluate=False,
+            **budget,
         )
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -132,24 +157,36 @@ def evaluate(
     profile: str = "quick",
     split: str = "validation",
     baselines: list[Path] | None = None,
-    universeg_steps: int = 2000,
+    universeg_steps: int | None = None,
     **overrides: Any,
 ) -> VersionEvaluation:
     """Evaluate a registered version (alias or number) on one split of the splits recorded on it (`validation` or
     `test`), under a profile (`quick` or `full`; overrides change single spec fields). `full` adds the
-    UniverSeg-style baseline (trained once per store snapshot) and the supervised UNet; `baselines` adds checkpoint
-    folders of other in-context networks. Scores are logged to the version's run; a validation evaluation's are
+    UniverSeg-style baseline (trained once per store snapshot at the version's own budget: its steps, batch size and
+    workers, unless `universeg_steps` says otherwise) and the supervised UNet; `baselines` adds checkpoint folders of
+    other in-context networks. Scores are logged to the version's run; a validation evaluation's are
     also tagged on the version (what the promotion gate reads), a test evaluation's never are."""
     from pipelines.outcomes import VersionEvaluation
     from promptseg.evaluation.report import eval_spec
     from promptseg.nets.checkpoint import load_model
-    from promptseg.registry.versions import load_version, tag_evaluation, version_run_id
+    from promptseg.registry.versions import load_version, tag_evaluation, version_run_id, version_training_params
+    from promptseg.training.loop import TrainConfig
 
     loaded = load_version(settings.registry.tracking_uri, settings.registry.model_name, model)
     spec = eval_spec(profile, version_splits(settings, loaded.version), split, **overrides)
     folders = list(baselines or [])
     if profile == "full" and loaded.network.config.architecture != "universeg":
-        folders.append(universeg_baseline(settings, universeg_steps))
+        params = version_training_params(settings.registry.tracking_uri, settings.registry.model_name, loaded.version)
+        if params.get("init_weights") and universeg_steps is None:
+            raise ValueError(
+                f"version {loaded.version} was fine-tuned from other weights, so its steps are not its whole budget: "
+                "give the UniverSeg-style baseline's steps (--universeg-steps)"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a run logged without TrainConfig
+        budget = {key: int(params.get(key, defaults[key])) for key in BUDGET}
+        if universeg_steps is not None:
+            budget["steps"] = universeg_steps
+        folders.append(universeg_baseline(settings, budget))
     others = {}
     for folder in folders:
         network = load_model(Path(folder))

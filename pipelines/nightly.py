@@ -70,6 +70,7 @@ class NightlyConfig(BaseModel):
     num_workers: int = 2
     fine_tune: bool = False
     train_options: dict[str, Any] = Field(default_factory=dict, description="more TrainConfig fields")
+    report_test: bool = Field(True, description="also evaluate the test split, for the model card (never decides)")
     margin: float = 0.0
     endpoint_url: str | None = Field(None, description="the endpoint to roll; default: the workspace's")
     start_endpoint: bool = Field(False, description="start the endpoint when none runs (the demo does)")
@@ -154,7 +155,8 @@ def train_step(settings: Settings, config: NightlyConfig) -> TrainingOutcome:
     options = {"steps": config.steps, "num_workers": config.num_workers, **config.train_options}
     if config.fine_tune:
         options["init_weights"] = str(stages.champion_checkpoint(settings))
-    return train_flow(run_name=time.strftime("nightly-%Y%m%d-%H%M%S"), options=options)
+    run_name = time.strftime("nightly-%Y%m%d-%H%M%S")
+    return train_flow(run_name=run_name, report_test=config.report_test, options=options)
 
 
 @task(name="gate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

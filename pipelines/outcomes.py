@@ -20,6 +20,7 @@ from promptseg.training.loop import TrainingResult
 
 class TrainingOutcome(TrainingResult):
     evaluation: Evaluation | None = None
+    test_evaluation: Evaluation | None = None
     version: str | None = None
 
 

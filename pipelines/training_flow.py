@@ -39,11 +39,19 @@ def train_flow(
     resume: bool = False,
     register_challenger: bool = True,
     evaluate: bool = True,
+    report_test: bool = True,
     options: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
-    """Train with the workspace settings (`options`: TrainConfig fields such as steps, size, num_workers)."""
+    """Train with the workspace settings (`options`: TrainConfig fields such as steps, size, num_workers); evaluate
+    on validation and, with `report_test`, on test for the model card."""
     outcome = stages.train(
-        Settings(), run_name=run_name, resume=resume, register=register_challenger, evaluate=evaluate, **(options or {})
+        Settings(),
+        run_name=run_name,
+        resume=resume,
+        register=register_challenger,
+        evaluate=evaluate,
+        report_test=report_test,
+        **(options or {}),
     )
     create_markdown_artifact(_summary(outcome), key="train-summary", description="Training run")
     return outcome

@@ -43,6 +43,9 @@ def train(
             "--evaluate/--no-evaluate", help="Run the quick held-out evaluation after training (else `evaluate` later)."
         ),
     ] = True,
+    report_test: Annotated[
+        bool, typer.Option(help="Also evaluate the test split for the model card (reporting only, never decides).")
+    ] = True,
     bottleneck: Annotated[bool, typer.Option(help="Variational information bottleneck on the prompt tokens.")] = False,
     priors: Annotated[
         str, typer.Option(help="PromptSeg's priors: a comma list of prototypes, intensity, location, or none.")
@@ -53,8 +56,9 @@ def train(
     synthetic_fraction: Annotated[float, typer.Option(help="Share of batches made of synthetic tasks.")] = 0.25,
     augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
 ) -> None:
-    """Train an in-context network with Ray Train (progress from rank 0 on stderr), run the quick held-out evaluation
-    (unless --no-evaluate) and register the result as the `challenger` version."""
+    """Train an in-context network with Ray Train (progress from rank 0 on stderr), run the quick evaluation on the
+    validation split and, for the model card, on the test split (unless --no-evaluate) and register the result as the
+    `challenger` version."""
     if resume and not run_name:
         raise typer.BadParameter("--resume continues the run named by --run-name", param_hint="--resume")
     from promptseg.nets.model import PRIOR_NAMES, check_priors
@@ -87,7 +91,13 @@ def train(
     )
     settings_in_force = settings(ctx)
     trained = stages.train(
-        settings_in_force, run_name=run_name, resume=resume, register=register, evaluate=quick_evaluation, **options
+        settings_in_force,
+        run_name=run_name,
+        resume=resume,
+        register=register,
+        evaluate=quick_evaluation,
+        report_test=report_test,
+        **options,
     )
     show(trained)
     where_to_look(settings_in_force)
@@ -112,7 +122,10 @@ def evaluate(
     min_gap: Annotated[
         int | None, typer.Option(help="Slices between prompts and queries in a single-case dataset.")
     ] = None,
-    universeg_steps: Annotated[int, typer.Option(help="Training steps of the full profile's UniverSeg.")] = 2000,
+    universeg_steps: Annotated[
+        int | None,
+        typer.Option(help="Training steps of the full profile's UniverSeg (default: the evaluated version's own)."),
+    ] = None,
 ) -> None:
     """Evaluate a registered version (alias or number) on one split's tasks beside the baselines and controls."""
     if split not in ("validation", "test"):

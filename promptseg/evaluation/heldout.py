@@ -16,8 +16,9 @@ a prompt count a task cannot supply is recorded as skipped. Methods, all on the 
 - `<network>+<control>` and `prior_rule+<control>` for the controls of `episodes` (a model that reads its
   prompts falls towards zero on them); the controls and the token-path ablation run at the largest N in `quick`
   and at every N in `full`;
-- `supervised_unet` (full profile): a UNet trained on the task's slices of the other cases than the queries'
-  (cached per task and query cases): a supervised reference, not an upper bound.
+- `supervised_unet` (full profile): a UNet trained on the task's slices of the other cases than the queries', or,
+  in a single-volume task, on the other half of the volume at least `min_gap` slices away (supervised_cache): a
+  supervised reference, not an upper bound.
 
 Scores (`scoring`): Dice, IoU and HD95 in mm on queries showing the structure, the false-positive rate on the
 others, Dice on all with the empty/empty convention; cells are means over tasks with 95 % bootstrap intervals over
@@ -122,7 +123,7 @@ def evaluate(
     primary = network.config.architecture
     predictors, ablations = _predictors(network, spec, baselines), _ablations(network, spec)
     supervised = (
-        SupervisedReferences(store, spec.supervised_steps, spec.seed, supervised_cache)
+        SupervisedReferences(store, spec.supervised_steps, spec.seed, supervised_cache, spec.min_gap)
         if spec.supervised_steps
         else None
     )
@@ -148,7 +149,8 @@ def evaluate(
                 probabilities = _episode_predictions(predictors, ablations, drawn, primary)
                 query_cases = tuple(sorted({ref.case for ref in drawn.query_refs}))
                 if supervised is not None:
-                    fitted = supervised.predict(task, query_cases, drawn.episode.query_images.astype(np.float32))
+                    queries = drawn.episode.query_images.astype(np.float32)
+                    fitted = supervised.predict(task, drawn.query_refs, queries)
                     if fitted is not None:
                         probabilities["supervised_unet"] = fitted[:, 0]
                 spacing = [pixel_mm.get((ref.case, task.axis)) for ref in drawn.query_refs]

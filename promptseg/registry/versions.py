@@ -66,8 +66,15 @@ class RecordedEvaluation(BaseModel):
     primary: str
 
 
-def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict:
-    """Model card with fields after a MONAI bundle's metadata.json."""
+def model_card(
+    config: dict,
+    run_tags: dict,
+    validation: RecordedEvaluation | None = None,
+    test: RecordedEvaluation | None = None,
+) -> dict:
+    """Model card with fields after a MONAI bundle's metadata.json. `held_out_scores` are the validation split's
+    (what the promotion gate compares), `test_scores` the test split's (reported, never used for a decision); each
+    with the spec it was measured under."""
     r = config["resolution"]
     return {
         "name": {"promptseg": "PromptSeg", "universeg": "UniverSeg-style baseline"}[config["architecture"]],
@@ -87,17 +94,30 @@ def model_card(config: dict, run_tags: dict, scores: dict | None = None) -> dict
             "ct_window": json.loads(run_tags.get("ct_window", "null")),
             "target_spacing": json.loads(run_tags.get("target_spacing", "null")),
         },
-        "held_out_scores": scores or {},
+        "held_out_scores": validation.scores if validation else {},
+        "held_out_split": "validation" if validation else None,
+        "test_scores": test.scores if test else {},
+        "evaluation_specs": {
+            split: {"spec": recorded.spec, "store_snapshot_id": recorded.store_snapshot_id}
+            for split, recorded in (("validation", validation), ("test", test))
+            if recorded
+        },
         "intended_use": "research and development; not a medical device; outputs need expert review",
         "license": "Apache-2.0",
     }
 
 
 def register_checkpoint(
-    checkpoint_dir: Path, run_id: str, tracking_uri: str, name: str, evaluation: RecordedEvaluation | None = None
+    checkpoint_dir: Path,
+    run_id: str,
+    tracking_uri: str,
+    name: str,
+    evaluation: RecordedEvaluation | None = None,
+    test_evaluation: RecordedEvaluation | None = None,
 ) -> str:
     """Log the checkpoint as a pyfunc in `run_id`, register it as a new version with alias challenger; the
-    training's held-out `evaluation` (scores, spec, store snapshot) goes into the model card and the version's tags."""
+    training's validation `evaluation` (scores, spec, store snapshot) goes into the model card and the version's
+    tags, its `test_evaluation` into the model card only."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -105,8 +125,7 @@ def register_checkpoint(
     config = json.loads((checkpoint_dir / CONFIG).read_text())
     with tempfile.TemporaryDirectory() as folder:
         card_path = Path(folder) / "model_card.json"
-        scores = evaluation.scores if evaluation else None
-        card_path.write_text(json.dumps(model_card(config, run_tags, scores), indent=2))
+        card_path.write_text(json.dumps(model_card(config, run_tags, evaluation, test_evaluation), indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -234,6 +253,12 @@ def recorded_evaluation(tracking_uri: str, name: str, version: str) -> RecordedE
 def version_run_id(tracking_uri: str, name: str, version: str) -> str:
     """The id of the training run a version was logged from."""
     return MlflowClient(tracking_uri).get_model_version(name, version).run_id
+
+
+def version_training_params(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """The params of the training run a version was logged from (its TrainConfig, as MLflow holds params: text)."""
+    client = MlflowClient(tracking_uri)
+    return dict(client.get_run(client.get_model_version(name, version).run_id).data.params)
 
 
 def tag_version(tracking_uri: str, name: str, version: str, key: str, value: str) -> None:

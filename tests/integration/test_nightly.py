@@ -81,6 +81,7 @@ def endpoint(nightly_settings: Settings, trained: TrainingOutcome) -> str:
 
 def _config(raw_sources: list[Path], url: str, **overrides: object) -> NightlyConfig:
     smoke = {"steps": 40, "retention": RetentionLimits(keep_checkpoints=1, keep_unpromoted=0)}
+    smoke["report_test"] = False  # the session model's training covers the test-split report
     return NightlyConfig(sources=[str(source) for source in raw_sources], endpoint_url=url, **(smoke | overrides))
 
 

@@ -114,9 +114,33 @@ def test_model_beats_the_trivial_baselines_and_falls_on_every_prompt_use_control
     assert recorded.spec == evaluation.report.spec.to_dict() and recorded.store_snapshot_id == tags["store_snapshot_id"]
     card = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained.version).model_card
     assert card["held_out_scores"]["dice_promptseg_n8"] == evaluation.scores["dice_promptseg_n8"]
+    assert card["held_out_split"] == "validation"
     assert json.loads(card["training_data"]["splits"]) == spec["splits"]
-    logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained.run_id, "evaluation-quick-validation")}
-    assert {"results.json", "results.md", "dice_vs_n.png", "overlays"} <= logged
+    for split in ("validation", "test"):
+        logged = {a.path.split("/", 1)[1] for a in client.list_artifacts(trained.run_id, f"evaluation-quick-{split}")}
+        assert {"results.json", "results.md", "dice_vs_n.png", "overlays"} <= logged, split
+
+
+def test_test_split_scores_reach_the_model_card_and_never_the_gate(
+    settings: Settings, trained: TrainingOutcome
+) -> None:
+    """Every training also evaluates the test split (whole datasets, a center and structures held out from both
+    training and every decision) for reporting: the scores go to the run and the model card, beside the validation
+    scores, and never to the version tags the promotion gate compares."""
+    test = trained.test_evaluation
+    assert test is not None and test.report.spec.split == "test"
+    datasets = set(json.loads((test.report_dir / "results.json").read_text())["dice_at_largest_n"]["dataset"])
+    assert {"mr-spine-tptbox", "micro-nuclei-dsb2018", "synth-center-c", "ct-abdomen-61"} == datasets
+    assert test.report.tasks and not set(trained.evaluation.report.tasks) & set(test.report.tasks)
+    card = load_version(settings.registry.tracking_uri, settings.registry.model_name, trained.version).model_card
+    assert card["test_scores"]["dice_promptseg_n8"] == test.scores["dice_promptseg_n8"]
+    assert card["evaluation_specs"]["test"]["spec"] == test.report.spec.to_dict()
+    assert card["test_scores"] != card["held_out_scores"]
+    client = MlflowClient(settings.registry.tracking_uri)
+    tags = client.get_model_version(settings.registry.model_name, trained.version).tags
+    assert json.loads(tags["heldout_eval_spec"])["spec"]["split"] == "validation"
+    metrics = client.get_run(trained.run_id).data.metrics
+    assert metrics["test_dice_promptseg_n8"] == pytest.approx(test.scores["dice_promptseg_n8"], abs=1e-6)
 
 
 def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(
@@ -133,6 +157,8 @@ def test_full_profile_adds_ensembles_and_baselines_trained_once_per_snapshot(
     assert {"promptseg+other_structure", "most_similar_prompt", "prior_rule"} <= methods
     assert first.version == trained.version
     assert first.evaluation.report.spec.profile == "full" and first.evaluation.report.supervised_trained > 0
+    referenced = {r.dataset for r in first.evaluation.report.rows if r.method == "supervised_unet"}
+    assert {"synth-center-b", "ct-abdomen-61"} <= referenced  # several cases, and one volume's other half
     baselines = sorted((settings.root / "baselines").glob("universeg-*"))
     assert len(baselines) == 1 and baselines[0].name.startswith(f"universeg-{first.evaluation.store_snapshot_id}")
     modified = baselines[0].joinpath("model.safetensors").stat().st_mtime_ns

@@ -8,9 +8,11 @@ import torch
 
 from promptseg.evaluation.metrics import dice_score
 from promptseg.evaluation.supervised import fit_supervised_unet, predict_supervised
+from promptseg.evaluation.supervised_cache import training_slices
 from promptseg.nets.factory import build_model, model_config
 from promptseg.nets.losses import segmentation_loss
 from promptseg.nets.universeg import UniverSeg, UniverSegConfig
+from storage.task_store import SliceRef, Task
 
 R = 32
 
@@ -156,3 +158,24 @@ def test_every_parameter_gets_a_gradient_as_ddp_requires(size: str, bottleneck: 
     logits, kl = network(images, masks, torch.rand(2, 1, 1, 64, 64, generator=generator), return_kl=True)
     (logits.mean() + kl.mean()).backward()
     assert [name for name, p in network.named_parameters() if p.grad is None] == []
+
+
+def _task(cases: dict[str, range]) -> Task:
+    refs = tuple(SliceRef(case, i, i, 10) for case, indices in cases.items() for i in indices)
+    return Task(dataset="d", label_value=1, label_name="organ", axis=2, slices=refs)
+
+
+def test_supervised_reference_never_trains_on_a_query_or_its_neighbours() -> None:
+    """Several cases: the UNet trains on the other cases only. One volume: each query's UNet trains on the other half
+    of the structure's slices, every slice at least `min_gap` from the query; the two halves share nothing."""
+    several = _task({"a": range(5), "b": range(5), "c": range(5)})
+    queries = [SliceRef("a", 2, 2, 10), SliceRef("c", 0, 0, 10)]
+    for refs in training_slices(several, queries, min_gap=3):
+        assert refs and {r.case for r in refs} == {"b"}
+    volume = _task({"only": range(20, 41)})
+    queries = [SliceRef("only", i, i, 10) for i in range(15, 46)]  # empty queries may lie outside the structure
+    per_query = training_slices(volume, queries, min_gap=3)
+    for query, refs in zip(queries, per_query, strict=True):
+        assert refs and min(abs(r.index - query.index) for r in refs) >= 3, query.index
+    halves = {tuple(r.index for r in refs) for refs in per_query}
+    assert len(halves) == 2 and not set.intersection(*(set(h) for h in halves))
