@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fnmatch import fnmatch
+from typing import Protocol
 
 import numpy as np
 
@@ -97,13 +98,22 @@ def read_episode(store: TaskStore, task: Task, prompts: list[SliceRef], queries:
     return Episode(task.task_id, images[:n], masks[:n], images[n:], masks[n:])
 
 
-class EpisodeSampler:
-    """Draws training episodes: a dataset uniformly, then one of its tasks, then prompts and queries."""
+class PseudoTasks(Protocol):
+    """A source of self-supervised episodes (storage.supervoxel_tasks.SupervoxelTasks)."""
 
-    def __init__(self, store: TaskStore, tasks: list[Task], seed: int) -> None:
+    def sample(self, rng: np.random.Generator, n_prompts: int, n_queries: int = 1) -> Episode: ...
+
+
+class EpisodeSampler:
+    """Draws training episodes: a dataset uniformly, then one of its tasks, then prompts and queries; with `pseudo`,
+    a `pseudo_share` of the episodes are self-supervised pseudo-tasks instead."""
+
+    def __init__(
+        self, store: TaskStore, tasks: list[Task], seed: int, pseudo: PseudoTasks | None = None, pseudo_share: float = 0
+    ) -> None:
         if not tasks:
             raise ValueError("no tasks to sample from")
-        self.store = store
+        self.store, self.pseudo, self.pseudo_share = store, pseudo, pseudo_share
         self.rng = np.random.default_rng(seed)
         self._by_dataset: dict[str, list[Task]] = {}
         for task in tasks:
@@ -117,6 +127,8 @@ class EpisodeSampler:
         self.rng.bit_generator.state = state
 
     def sample(self, n_prompts: int, n_queries: int = 1) -> Episode:
+        if self.pseudo is not None and self.rng.random() < self.pseudo_share:
+            return self.pseudo.sample(self.rng, n_prompts, n_queries)
         while True:
             dataset = self._datasets[self.rng.integers(len(self._datasets))]
             candidates = self._by_dataset[dataset]

@@ -248,6 +248,14 @@ class TaskStore:
         images, labels = np.stack(arrays[: len(refs)]), np.stack(arrays[len(refs) :])
         return images, (labels == task.label_value).view(np.uint8)
 
+    def read_case(self, dataset: str, case: str, axis: int) -> tuple[list[int], np.ndarray]:
+        """Every stored slice of one case along `axis`: their indices in the source volume and the images (S, R, R)
+        float16 in [0, 1], in the order stored (ascending index)."""
+        indices = [int(i) for i in self.version_info(dataset)["cases"][case]["axes"][str(axis)]]
+        array = self._array(dataset, case, axis, "image")
+        images = array.read().result() if isinstance(array, ts.TensorStore) else array[...]
+        return indices, np.asarray(images)
+
     def absent_slices(self, task: Task, case: str) -> list[SliceRef]:
         """The slices of `case` the store keeps along the task's axis that do not show the task's structure
         (negative queries: a model must predict nothing there)."""

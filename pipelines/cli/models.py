@@ -54,6 +54,16 @@ def train(
         Path | None, typer.Option(exists=True, help="Local SAM / SAM-Med2D ViT weights for the image encoder.")
     ] = None,
     synthetic_fraction: Annotated[float, typer.Option(help="Share of batches made of synthetic tasks.")] = 0.25,
+    hard_synthetic_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Of the synthetic batches, the share of tasks intensity cannot solve."),
+    ] = 0.0,
+    self_supervised_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Of the store episodes, the share of supervoxel pseudo-tasks from training volumes."
+        ),
+    ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
 ) -> None:
     """Train an in-context network with Ray Train (progress from rank 0 on stderr), run the quick evaluation on the
@@ -86,6 +96,8 @@ def train(
             "priors": names,
             "pretrained_encoder": str(pretrained_encoder.resolve()) if pretrained_encoder else "",
             "synthetic_fraction": synthetic_fraction,
+            "hard_synthetic_share": hard_synthetic_share,
+            "self_supervised_share": self_supervised_share,
             "augment": {} if augment else {"enabled": False},
         }
     )

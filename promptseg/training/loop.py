@@ -42,13 +42,14 @@ from promptseg.registry.tracking import (
     use_experiment,
 )
 from promptseg.training.progress import QUEUE_KEY, ProgressTicker, following
-from promptseg.training.synthetic_tasks import synthetic_batch
+from promptseg.training.synthetic_tasks import hard_synthetic_batch, synthetic_batch
 from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
 from promptseg.training.trainer_state import load_trainer_state, save_trainer_state
 from storage.fingerprint import fingerprint_hash
 from storage.preparation import preparation_tags
 from storage.sampler import EpisodeSampler, split_tasks
 from storage.splits import Splits
+from storage.supervoxel_tasks import SupervoxelTasks, eligible_stacks
 from storage.task_store import TaskStore
 
 CONFIG_ARTIFACT = "train_config.json"
@@ -70,6 +71,8 @@ class TrainConfig:
     placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, or SPREAD over the nodes
     augment: dict = field(default_factory=dict)
     synthetic_fraction: float = 0.25
+    hard_synthetic_share: float = 0.0  # of the synthetic batches, the share of tasks intensity cannot solve
+    self_supervised_share: float = 0.0  # of the store episodes, the share of supervoxel pseudo-tasks
     max_prompts: int = 8
     batch_size: int = 4
     steps: int = 300
@@ -124,12 +127,14 @@ def _learning_rate_factor(step: int, config: TrainConfig) -> float:
 def _training_batch(
     sampler: EpisodeSampler, generator: torch.Generator, config: TrainConfig, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """A batch of store episodes, or (with probability `synthetic_fraction`) of synthetic tasks, with the task
-    augmentation applied on `device`; all randomness from the sampler's state and `generator`, both saved in
-    checkpoints."""
+    """A batch of store episodes, or (with probability `synthetic_fraction`) of synthetic tasks, of which a
+    `hard_synthetic_share` are the hard kind (promptseg.training.synthetic_tasks), with the task augmentation applied
+    on `device`; all randomness from the sampler's state and `generator`, both saved in checkpoints."""
     if torch.rand(1, generator=generator).item() < config.synthetic_fraction:
         n_prompts = int(torch.randint(1, config.max_prompts + 1, (1,), generator=generator))
-        batch = synthetic_batch(config.batch_size, n_prompts, 1, config.resolution, generator)
+        hard = config.hard_synthetic_share and torch.rand(1, generator=generator).item() < config.hard_synthetic_share
+        make = hard_synthetic_batch if hard else synthetic_batch
+        batch = make(config.batch_size, n_prompts, 1, config.resolution, generator)
     else:
         arrays = sampler.sample_batch(config.batch_size, config.max_prompts)
         batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
@@ -188,7 +193,10 @@ def train_loop_per_worker(raw_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     store = TaskStore.open(config.store_url, config.resolution)
     training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
-    sampler = EpisodeSampler(store, training_tasks, seed=config.seed * 1000 + rank)
+    pseudo = None
+    if config.self_supervised_share:
+        pseudo = SupervoxelTasks(store, eligible_stacks(store, Splits.from_dict(config.splits)))
+    sampler = EpisodeSampler(store, training_tasks, config.seed * 1000 + rank, pseudo, config.self_supervised_share)
     _seed_everything(config.seed)
     network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck, config.priors))
     if config.pretrained_encoder:
@@ -345,6 +353,8 @@ def run_training(
     training_tasks, held_out_tasks = split_tasks(store.tasks(), config.held_out, store.resolution)
     if not training_tasks:
         raise ValueError(f"no training tasks in {config.store_url} outside the held-out spec {config.held_out}")
+    if config.self_supervised_share and not eligible_stacks(store, Splits.from_dict(config.splits)):
+        raise ValueError(f"self-supervised tasks asked for, but no training volume in {config.store_url} may be cut")
     run_id = previous.run_id if previous else None
     with open_run(config.tracking_uri, experiment_id, run_name, run_id) as run, following() as progress_queue:
         config.run_id = run.run_id
