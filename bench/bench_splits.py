@@ -9,7 +9,10 @@ ablation at N = 8). Variants: `promptseg` (all priors), `promptseg-no-priors` (`
 variants, and `universeg` (the UniverSeg-style network). Prints one JSON line per (variant, seed, split) and, per
 split, one line per method: Dice at each N as the mean over tasks of the seed-averaged task means with its bootstrap
 interval, and the spread over seeds (sd of the per-seed means) beside it. Every run's scored rows are appended to
-`--rows` (JSON lines) as soon as it is evaluated, so `--summarize` prints the tables from the runs that finished.
+`--rows` (JSON lines, with the store snapshot it was measured on) as soon as it is evaluated, so `--summarize` prints
+the tables from the runs that finished. Benchmark workspaces share one pseudonym key (bench/workspace.py), so a later
+run on the same store snapshot draws the same episodes and may append to the same file (more seeds or variants);
+rows of different snapshots are refused.
 Usage: python bench/bench_splits.py [--steps 300] [--seeds 0 1 2] [--variants promptseg universeg ...] [--rows F]
        python bench/bench_splits.py --summarize F
 """
@@ -62,6 +65,9 @@ def _summarize(records: list[dict]) -> None:
     from promptseg.evaluation.report import EpisodeScore
     from promptseg.evaluation.scoring import paired_difference
 
+    snapshots = {record["snapshot"] for record in records}
+    if len(snapshots) > 1:
+        raise SystemExit(f"rows of different store snapshots cannot be pooled: {sorted(snapshots)}")
     rows: dict[tuple[str, str], list] = {}
     per_seed: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for record in records:
@@ -111,6 +117,7 @@ def _run(args: argparse.Namespace, rows_file: Path) -> None:
     from storage.task_store import TaskStore
 
     store = TaskStore.open(settings.store, settings.resolution)
+    snapshot = store.snapshot_id()
     runs = [
         (variant, seed)
         for seed in sorted(set(args.seeds) | set(args.ablation_seeds or []))
@@ -142,7 +149,8 @@ def _run(args: argparse.Namespace, rows_file: Path) -> None:
                 ]
                 with rows_file.open("a") as out:
                     for row in renamed:
-                        record = {"variant": variant, "seed": seed, "split": split, "row": row.model_dump()}
+                        record = {"variant": variant, "seed": seed, "split": split, "snapshot": snapshot}
+                        record["row"] = row.model_dump()
                         out.write(json.dumps(record) + "\n")
                 methods = list(dict.fromkeys(r.method for r in renamed))
                 gain = paired_difference(renamed, variant, "prior_rule")

@@ -1,6 +1,11 @@
 """Shared by the benchmarks: a temporary workspace with the multi-center simulator's datasets (and optionally the
 embedded real datasets of data/samples) ingested and preprocessed through the real flows, and a random-weight tiny
-model registered and promoted as the champion."""
+model registered and promoted as the champion.
+
+Every benchmark workspace keys its case pseudonyms with the committed `bench/pseudonym.key` (it only ever keys the
+simulator's and data/samples' public cases), so episodes, which are drawn from pseudonyms, are the same in every
+benchmark run and runs of different days can be pooled (bench_splits.py --rows). A user's workspace draws its own
+random key (storage.privacy)."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from promptseg.nets.factory import build_model, model_config
 from promptseg.registry.tracking import use_experiment
 from storage.preparation import RECIPE_VERSION
 
+BENCH_KEY = Path(__file__).with_name("pseudonym.key")
+
 
 def prepared_workspace(folder: Path, resolution: int, n_cases: int, samples: list[Path] | None = None) -> Settings:
     """Point the settings at `folder`/ws (process environment, so Ray workers see it too), write the simulator's
@@ -30,6 +37,8 @@ def prepared_workspace(folder: Path, resolution: int, n_cases: int, samples: lis
 
     settings = Settings()
     environment.prepare(settings)
+    settings.data.secret_path.write_bytes(BENCH_KEY.read_bytes())
+    settings.data.secret_path.chmod(0o600)
     sources = write_synthetic_datasets(Path(folder) / "raw", n_cases=n_cases, seed=0)
     stages.ingest(settings, [*sources, *(samples or [])])
     stages.preprocess(settings)
