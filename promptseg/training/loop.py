@@ -19,7 +19,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, prepare_model
 
 from promptseg.nets.checkpoint import load_model, save_model
-from promptseg.nets.factory import PRIOR_NAMES, build_model, load_pretrained_encoder, model_config
+from promptseg.nets.factory import build_model, load_pretrained_encoder, model_config
 from promptseg.nets.losses import segmentation_loss
 from promptseg.registry.tracking import (
     RunLog,
@@ -41,69 +41,18 @@ from promptseg.registry.tracking import (
     open_run,
     use_experiment,
 )
+from promptseg.training.batches import episode_sampler, training_batch
+from promptseg.training.config import TrainConfig
 from promptseg.training.progress import QUEUE_KEY, ProgressTicker, following
-from promptseg.training.synthetic_tasks import hard_synthetic_batch, synthetic_batch
-from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
 from promptseg.training.trainer_state import load_trainer_state, save_trainer_state
 from storage.fingerprint import fingerprint_hash
 from storage.preparation import preparation_tags
 from storage.sampler import EpisodeSampler, split_tasks
 from storage.splits import Splits
-from storage.supervoxel_tasks import SupervoxelTasks, eligible_stacks
+from storage.supervoxel_tasks import eligible_stacks
 from storage.task_store import TaskStore
 
 CONFIG_ARTIFACT = "train_config.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; logged to MLflow as params."""
-
-    store_url: str
-    resolution: int
-    size: str = "tiny"
-    n_max: int = 64
-    bottleneck: bool = False
-    priors: list[str] = field(default_factory=lambda: list(PRIOR_NAMES))  # PromptSeg's priors, any subset
-    kl_weight: float = 0.01
-    pretrained_encoder: str = ""
-    init_weights: str = ""  # a checkpoint folder to start from (fine-tuning), e.g. the champion's
-    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, or SPREAD over the nodes
-    augment: dict = field(default_factory=dict)
-    synthetic_fraction: float = 0.25
-    hard_synthetic_share: float = 0.0  # of the synthetic batches, the share of tasks intensity cannot solve
-    self_supervised_share: float = 0.0  # of the store episodes, the share of supervoxel pseudo-tasks
-    max_prompts: int = 8
-    batch_size: int = 4
-    steps: int = 300
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    splits: dict[str, list[str]] = field(default_factory=lambda: Splits().to_dict())
-    checkpoint_every: int = 25
-    num_workers: int = 2
-    use_gpu: bool = False
-    threads_per_worker: int = 1
-    max_failures: int = 2
-    fail_after_checkpoint: int = 0
-    tracking_uri: str = ""
-    run_id: str = ""
-
-    @property
-    def held_out(self) -> list[str]:
-        """The task patterns never trained on: the validation and the test split's."""
-        return Splits.from_dict(self.splits).held_out
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.num_workers
-
-    @property
-    def scaled_lr(self) -> float:
-        """Linear scaling: the learning rate grows with the number of workers, as the global batch does."""
-        return self.lr * self.num_workers
 
 
 class TrainingResult(BaseModel):
@@ -122,24 +71,6 @@ def _learning_rate_factor(step: int, config: TrainConfig) -> float:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _training_batch(
-    sampler: EpisodeSampler, generator: torch.Generator, config: TrainConfig, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """A batch of store episodes, or (with probability `synthetic_fraction`) of synthetic tasks, of which a
-    `hard_synthetic_share` are the hard kind (promptseg.training.synthetic_tasks), with the task augmentation applied
-    on `device`; all randomness from the sampler's state and `generator`, both saved in checkpoints."""
-    if torch.rand(1, generator=generator).item() < config.synthetic_fraction:
-        n_prompts = int(torch.randint(1, config.max_prompts + 1, (1,), generator=generator))
-        hard = config.hard_synthetic_share and torch.rand(1, generator=generator).item() < config.hard_synthetic_share
-        make = hard_synthetic_batch if hard else synthetic_batch
-        batch = make(config.batch_size, n_prompts, 1, config.resolution, generator)
-    else:
-        arrays = sampler.sample_batch(config.batch_size, config.max_prompts)
-        batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
-    batch = {key: value.to(device).float() for key, value in batch.items()}
-    return augment_batch(batch, TaskAugmentConfig(**config.augment), generator)
 
 
 class TrainingFailedError(RuntimeError):
@@ -192,11 +123,7 @@ def train_loop_per_worker(raw_config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     store = TaskStore.open(config.store_url, config.resolution)
-    training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
-    pseudo = None
-    if config.self_supervised_share:
-        pseudo = SupervoxelTasks(store, eligible_stacks(store, Splits.from_dict(config.splits)))
-    sampler = EpisodeSampler(store, training_tasks, config.seed * 1000 + rank, pseudo, config.self_supervised_share)
+    sampler = episode_sampler(store, config, rank)
     _seed_everything(config.seed)
     network = build_model(model_config(config.size, config.resolution, config.n_max, config.bottleneck, config.priors))
     if config.pretrained_encoder:
@@ -234,7 +161,7 @@ def train_loop_per_worker(raw_config: dict) -> None:
     for step in range(start, config.steps):
         if config.fail_after_checkpoint and checkpoint is None and rank == world - 1 and step == crash_at:
             _die_after_committed_checkpoint()
-        batch = _training_batch(sampler, generator, config, device)
+        batch = training_batch(sampler, generator, config, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits, kl = model(batch["prompt_images"], batch["prompt_masks"], batch["queries"], return_kl=True)
         loss = segmentation_loss(logits.float(), batch["query_masks"]) + config.kl_weight * kl.float().mean()
