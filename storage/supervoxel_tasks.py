@@ -105,8 +105,12 @@ class SupervoxelTasks:
             labels = supervoxels(images, self.n_segments) if len(images) else np.zeros(images.shape, np.uint16)
             least = MIN_FOREGROUND_FRACTION * images.shape[-1] ** 2
             tasks = []
-            for value in np.unique(labels[labels > 0]):
-                sizes = (labels == value).sum(axis=(1, 2))
+            largest = int(labels.max(initial=0))
+            sizes_per_slice = np.zeros((len(labels), largest + 1), np.int64)  # (S, K + 1) pixels per supervoxel
+            for position, labelled in enumerate(labels):
+                sizes_per_slice[position] = np.bincount(labelled.ravel(), minlength=largest + 1)
+            for value in np.flatnonzero(sizes_per_slice[:, 1:].any(axis=0)) + 1:
+                sizes = sizes_per_slice[:, value]
                 refs = tuple(
                     SliceRef(stack.case, position, indices[position], int(size))
                     for position, size in enumerate(sizes)
