@@ -128,24 +128,28 @@ BUDGET = ("steps", "batch_size", "num_workers")  # with the store's resolution: 
 def universeg_baseline(settings: Settings, budget: dict[str, int]) -> Path:
     """The UniverSeg-style baseline's checkpoint for the current store snapshot and training `budget` (steps, batch
     size per worker, workers), trained on first use by the same loop (same splits, no registration) and kept under
-    workspace/baselines for every later `full` evaluation."""
+    workspace/baselines for every later `full` evaluation. Its training run is named for the snapshot and budget, so
+    an interrupted one is resumed from its last checkpoint by the next evaluation, and a finished one is not run
+    again."""
+    from promptseg.registry.tracking import find_run, use_experiment
     from storage.task_store import TaskStore
 
     snapshot = TaskStore.open(settings.store, settings.resolution).snapshot_id()
-    size = "x".join(str(budget[key]) for key in BUDGET)
-    folder = settings.root / "baselines" / f"universeg-{snapshot}-{size}"
+    name = f"universeg-{snapshot}-" + "x".join(str(budget[key]) for key in BUDGET)
+    folder = settings.root / "baselines" / name
     if not (folder / "model.safetensors").exists():
-        trained = train(
-            settings,
-            size="universeg",
-            run_name=time.strftime(f"universeg-{snapshot}-%Y%m%d-%H%M%S"),
-            register=False,
-            evaluate=False,
-            **budget,
-        )
+        trained = settings.training.checkpoints_dir / name
+        if not (trained / "model.safetensors").exists():
+            registry = settings.registry
+            experiment = use_experiment(registry.tracking_uri, registry.experiment, registry.artifact_root)
+            started = find_run(registry.tracking_uri, experiment, name) is not None
+            outcome = train(
+                settings, size="universeg", run_name=name, resume=started, register=False, evaluate=False, **budget
+            )
+            trained = outcome.checkpoint_dir
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(trained.checkpoint_dir, partial)
+        shutil.copytree(trained, partial)
         partial.replace(folder)
     return folder
 

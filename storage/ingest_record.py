@@ -18,7 +18,8 @@ the benchmarks, always through `IngestRecord`::
          "store_id": "c0123456789abcdef"},           the keyed pseudonym the store knows the case by
         ...],
       "rejected": [{"dataset": ..., "case": ..., "file": ..., "problem": ...}, ...],  the bad cases, with why
-      "labelled": false                              only for an image-only dataset (written only then)
+      "labelled": false,                             only for an image-only dataset (written only then)
+      "licence": "Apache-2.0"                        the data's terms as the source states them (only when stated)
     }
 
 A record is written whole or not at all (a temporary file, then a replace), and only for a dataset with at least
@@ -114,13 +115,17 @@ class IngestRecord(BaseModel):
     cases: list[CaseRecord]
     rejected: list[Rejection] = []
     labelled: bool = True
+    licence: str = ""
 
     @model_serializer(mode="wrap")
-    def _labelled_only_when_not(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """A labelled dataset's record is written as before image-only datasets existed (its ids hash the same)."""
+    def _defaults_left_out(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A labelled dataset without a stated licence is written as before either field existed (its ids hash the
+        same)."""
         data = handler(self)
         if data.get("labelled", True):
             data.pop("labelled", None)
+        if not data.get("licence"):
+            data.pop("licence", None)
         return data
 
     @classmethod
@@ -147,6 +152,7 @@ class IngestRecord(BaseModel):
             cases=[CaseRecord(**s.model_dump(), store_id=keyed_case_id(secret, dataset.name, s.case)) for s in sources],
             rejected=[Rejection.from_problem(dataset.name, problem) for problem in rejected],
             labelled=dataset.labelled,
+            licence=dataset.licence,
         )
 
     @classmethod

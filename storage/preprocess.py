@@ -95,9 +95,11 @@ def case_key_for(case: CaseRecord, plan: PreprocessPlan) -> str:
 
 
 def version_id_for(record: IngestRecord, plan: PreprocessPlan) -> str:
-    """Content-derived id of the dataset version listing the record's cases, harmonized under `plan`, and labels."""
+    """Content-derived id of the dataset version listing the record's cases, harmonized under `plan`, its labels and
+    its licence (when stated)."""
     names = sorted((case.store_id, case_key_for(case, plan)) for case in record.cases)
-    return content_id({"schema": SCHEMA_VERSION, "cases": names, "labels": record.labels})
+    licence = {"licence": record.licence} if record.licence else {}
+    return content_id({"schema": SCHEMA_VERSION, "cases": names, "labels": record.labels, **licence})
 
 
 def select_slices(labels: np.ndarray, empty_fraction: float, seed: int) -> list[int]:
@@ -164,5 +166,7 @@ def commit_dataset_version(store: TaskStore, record: IngestRecord, plan: Preproc
             case.store_id: {"image": case.image_sha256, "label": case.label_sha256} for case in record.cases
         },
     }
+    if record.licence:
+        meta["licence"] = record.licence
     store.commit_version(record.dataset, version, meta, summaries)
     return version

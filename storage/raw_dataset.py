@@ -4,10 +4,12 @@ A `RawDataset` lists cases (an image source, a label source) with the dataset's 
 A source is anything `storage.readers` reads: a file (NIfTI, NRRD, PNG/TIFF) or a folder holding a DICOM series.
 MSD layout: `dataset.json` (nnU-Net v2 keys `channel_names`/`labels` name→value, or MSD v1 keys
 `modality`/`labels` value→name with a `training` list), `imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`.
-An optional `center` key names the acquiring center. Manifest: a YAML file with `dataset`, `center`,
+An optional `center` key names the acquiring center, and `licence` (or `license`, as MSD writes it) the terms the
+data come under. Manifest: a YAML file with `dataset`, `center`,
 `modality`, `labels` (a mapping value→name, or a JSON file holding one under `labels`), `cases` (id, image,
-label), paths relative to the manifest, each a file or a DICOM folder, and optionally `labelled: false` for an
-image-only dataset (for self-supervised training), whose cases may come without `label`.
+label), paths relative to the manifest, each a file or a DICOM folder, and optionally `licence` (the data's terms,
+free text, recorded through to the model cards of models trained on them) and `labelled: false` for an image-only
+dataset (for self-supervised training), whose cases may come without `label`.
 
 Case paths are absolute (the description's folder made absolute, symbolic links kept), so what is recorded from
 them reads the same from any working directory. A description that cannot be read at all is a `RawDataError`; a
@@ -45,6 +47,7 @@ class RawDataset:
     cases: list[RawCase] = field(default_factory=list)
     labelled: bool = True
     problems: list[Problem] = field(default_factory=list)  # the case entries left out, and why
+    licence: str = ""  # the terms the data come under, as the description states them ("" when it states none)
 
 
 def load_raw_dataset(path: Path) -> RawDataset:
@@ -160,8 +163,20 @@ def _load_msd(root: Path) -> RawDataset:
         raise RawDataError(root, "no training cases found")
     name = str(meta.get("name", root.name))
     return RawDataset(
-        name, str(meta.get("center", name)), modality, _foreground_labels(labels), cases, problems=problems
+        name,
+        str(meta.get("center", name)),
+        modality,
+        _foreground_labels(labels),
+        cases,
+        problems=problems,
+        licence=_licence(meta),
     )
+
+
+def _licence(meta: dict) -> str:
+    """The description's `licence` (or `license`) as text, "" when it states none."""
+    stated = meta.get("licence", meta.get("license"))
+    return "" if stated is None else str(stated).strip()
 
 
 def _load_manifest(path: Path) -> RawDataset:
@@ -198,6 +213,7 @@ def _load_manifest(path: Path) -> RawDataset:
         cases=cases,
         labelled=labelled,
         problems=problems,
+        licence=_licence(meta),
     )
 
 

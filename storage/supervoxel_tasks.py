@@ -1,11 +1,12 @@
 """Self-supervised pseudo-tasks from the training split's volumes, labelled or not (after SSL-ALPNet, Ouyang et al.
 2020): supervoxels stand in for structures, so that a hospital's unlabelled archive adds training tasks.
 
-- `eligible_stacks`: the (dataset, case, axis) stacks a training run may cut: cases of datasets the splits do not
-  hold out as a whole (`dataset:` or `center:` patterns), and never a held-out volume: one that holds a slice of a
-  validation or test task, or whose image file is byte for byte one of those (the same scan ingested again, e.g.
-  in an image-only archive). Image-only datasets (ingested with `labelled: false`) have no tasks, so every case of
-  theirs is eligible unless their dataset or center is held out or its image is a held-out one.
+- `eligible_stacks`: the (dataset, case, axis) stacks a training run may cut: cases of datasets its held-out
+  patterns (the validation and test splits', and any it excludes, e.g. for an unclear licence) do not name as a
+  whole (`dataset:` or `center:` patterns), and never a held-out volume: one that holds a slice of a held-out task,
+  or whose image file is byte for byte one of those (the same scan ingested again, e.g. in an image-only archive).
+  Image-only datasets (ingested with `labelled: false`) have no tasks, so every case of theirs is eligible unless
+  their dataset or center is held out or its image is a held-out one.
 - `supervoxels`: SLIC (scikit-image) on one stack: the case's stored slices along one axis, in order, on the model
   grid. A labelled dataset stores its labelled slices and a share of the empty ones, so a stack is the longest run of
   consecutive slice indices.
@@ -22,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.sampler import MIN_FOREGROUND_FRACTION, Episode, choose_prompts_and_queries
-from storage.splits import Splits
+from storage.sampler import MIN_FOREGROUND_FRACTION, Episode, choose_prompts_and_queries, is_held_out
 from storage.task_store import SliceRef, Task, TaskStore
 
 
@@ -34,10 +34,11 @@ class Stack:
     axis: int
 
 
-def eligible_stacks(store: TaskStore, splits: Splits) -> list[Stack]:
-    """The stacks of the module docstring, in a stable order."""
+def eligible_stacks(store: TaskStore, held_out: list[str]) -> list[Stack]:
+    """The stacks of the module docstring under the `held_out` task patterns (storage.sampler.is_held_out), in a
+    stable order."""
     held_out_cases = {
-        (task.dataset, ref.case) for task in store.tasks() if splits.split_of(task) != "training" for ref in task.slices
+        (task.dataset, ref.case) for task in store.tasks() if is_held_out(task, held_out) for ref in task.slices
     }
     infos = {dataset: store.version_info(dataset) for dataset in store.datasets()}
     held_out_images = {
@@ -46,7 +47,7 @@ def eligible_stacks(store: TaskStore, splits: Splits) -> list[Stack]:
     stacks = []
     for dataset, info in infos.items():
         whole = Task(dataset, 0, "", 0, (), info.get("center", dataset))
-        if splits.split_of(whole) != "training":
+        if is_held_out(whole, held_out):
             continue
         hashes = info.get("source_hashes", {})
         for case, entry in sorted(info["cases"].items()):

@@ -65,6 +65,13 @@ def train(
         ),
     ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Task augmentation of every episode (see task_augment.py).")] = True,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A task pattern (dataset:NAME, center:, task:, label:) never trained on though no split holds it, "
+            "e.g. data whose licence does not allow a model that ships; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Train an in-context network with Ray Train (progress from rank 0 on stderr), run the quick evaluation on the
     validation split and, for the model card, on the test split (unless --no-evaluate) and register the result as the
@@ -99,6 +106,7 @@ def train(
             "hard_synthetic_share": hard_synthetic_share,
             "self_supervised_share": self_supervised_share,
             "augment": {} if augment else {"enabled": False},
+            "excluded": list(exclude or []),
         }
     )
     settings_in_force = settings(ctx)

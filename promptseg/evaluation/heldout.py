@@ -24,7 +24,8 @@ Scores (`scoring`): Dice, IoU and HD95 in mm on queries showing the structure, t
 others, Dice on all with the empty/empty convention; cells are means over tasks with 95 % bootstrap intervals over
 tasks; `learned_contribution` is the network minus the prior rule per N, paired per task. Writes results.json (the
 `report.EvaluationReport`), results.md, a Dice-vs-N plot and overlays of the network's best, median and worst
-queries at the largest N (`report_files`), and returns the `report.Evaluation`.
+queries at the largest N (`report_files`), and returns the `report.Evaluation`. Each finished task is kept on
+disk until the report is written (`task_shards`), so an interrupted evaluation continues where it stopped.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from promptseg.evaluation.report import Breakdowns, EpisodeScore, EvalSpec, Eval
 from promptseg.evaluation.report_files import best_median_worst_overlays, dice_vs_n_plot, markdown
 from promptseg.evaluation.scoring import over_resamples, paired_difference, score_episode
 from promptseg.evaluation.supervised_cache import SupervisedReferences
+from promptseg.evaluation.task_shards import TaskResult, TaskShards, results_key
 from promptseg.inference.predictor import MODEL_GRID, Predictor
 from promptseg.nets.model import tokens_zeroed
 from storage.sampler import split_tasks
@@ -127,44 +129,70 @@ def evaluate(
         if spec.supervised_steps
         else None
     )
-    largest = max(spec.n_prompts)
-    rows: list[EpisodeScore] = []
-    skipped: list[SkippedCell] = []
-    shown: list[tuple] = []
     pixel_mm = {
         key: size for dataset in {t.dataset for t in tasks} for key, size in store.grid_spacing_mm(dataset).items()
     }
+    networks = {name: p.network for name, p in (predictors | ablations).items()}
+    shards = TaskShards(out_dir, results_key(spec, store.snapshot_id(), networks))
+    rows: list[EpisodeScore] = []
+    skipped: list[SkippedCell] = []
+    shown: list[tuple] = []
     for task in track(tasks, description=f"evaluating {spec.split} tasks"):
-        others = control_pool(task, candidates, modality)
-        for n in spec.n_prompts:
-            for resample in range(spec.resamples):
-                rng = np.random.default_rng([spec.seed, zlib.crc32(task.task_id.encode()), n, resample])
-                with_controls = spec.controls_at_every_n or n == largest
-                drawn = draw_episode(
-                    store, task, n, spec.queries, spec.empty_queries, rng, spec.min_gap, others, with_controls
-                )
-                if drawn is None:
-                    skipped.append(SkippedCell(task=task.task_id, n_prompts=n, reason="not enough slices"))
-                    break
-                probabilities = _episode_predictions(predictors, ablations, drawn, primary)
-                query_cases = tuple(sorted({ref.case for ref in drawn.query_refs}))
-                if supervised is not None:
-                    queries = drawn.episode.query_images.astype(np.float32)
-                    fitted = supervised.predict(task, drawn.query_refs, queries)
-                    if fitted is not None:
-                        probabilities["supervised_unet"] = fitted[:, 0]
-                spacing = [pixel_mm.get((ref.case, task.axis)) for ref in drawn.query_refs]
-                truths = drawn.episode.query_masks[:, 0]
-                for method, probs in probabilities.items():
-                    scores = score_episode(probs, truths, spacing)
-                    rows.append(_row(task, n, resample, method, query_cases, scores))
-                    if method == primary and n == largest:
-                        shown += _shown(task, drawn, probs, scores["per_query_dice"])
+        result = shards.load(task.task_id)
+        if result is None:
+            others = control_pool(task, candidates, modality)
+            result = _evaluate_task(task, store, spec, primary, predictors, ablations, others, supervised, pixel_mm)
+            shards.save(task.task_id, result)
+        rows += result.rows
+        skipped += result.skipped
+        shown += result.shown
     report = _report(spec, primary, tasks, rows, skipped, shown, out_dir, supervised.trained if supervised else 0)
     (out_dir / "results.json").write_text(json.dumps(report.model_dump(), indent=2))
     (out_dir / "results.md").write_text(markdown(report), encoding="utf-8")
     dice_vs_n_plot(report, out_dir / "dice_vs_n.png")
+    shards.finish()
     return Evaluation(report=report, report_dir=out_dir, store_snapshot_id=store.snapshot_id())
+
+
+def _evaluate_task(
+    task: Task,
+    store: TaskStore,
+    spec: EvalSpec,
+    primary: str,
+    predictors: dict[str, Predictor],
+    ablations: dict[str, Predictor],
+    others: list[Task],
+    supervised: SupervisedReferences | None,
+    pixel_mm: dict,
+) -> TaskResult:
+    """Every episode of one task (each N, each resample), scored for every method (`primary`: the network's)."""
+    largest = max(spec.n_prompts)
+    result = TaskResult([], [], [])
+    for n in spec.n_prompts:
+        for resample in range(spec.resamples):
+            rng = np.random.default_rng([spec.seed, zlib.crc32(task.task_id.encode()), n, resample])
+            with_controls = spec.controls_at_every_n or n == largest
+            drawn = draw_episode(
+                store, task, n, spec.queries, spec.empty_queries, rng, spec.min_gap, others, with_controls
+            )
+            if drawn is None:
+                result.skipped.append(SkippedCell(task=task.task_id, n_prompts=n, reason="not enough slices"))
+                break
+            probabilities = _episode_predictions(predictors, ablations, drawn, primary)
+            query_cases = tuple(sorted({ref.case for ref in drawn.query_refs}))
+            if supervised is not None:
+                queries = drawn.episode.query_images.astype(np.float32)
+                fitted = supervised.predict(task, drawn.query_refs, queries)
+                if fitted is not None:
+                    probabilities["supervised_unet"] = fitted[:, 0]
+            spacing = [pixel_mm.get((ref.case, task.axis)) for ref in drawn.query_refs]
+            truths = drawn.episode.query_masks[:, 0]
+            for method, probs in probabilities.items():
+                scores = score_episode(probs, truths, spacing)
+                result.rows.append(_row(task, n, resample, method, query_cases, scores))
+                if method == primary and n == largest:
+                    result.shown += _shown(task, drawn, probs, scores["per_query_dice"])
+    return result
 
 
 def _row(task: Task, n: int, resample: int, method: str, query_cases: tuple[str, ...], scores: dict) -> EpisodeScore:

@@ -38,7 +38,15 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
-LINEAGE_TAGS = ("git_commit", "store_snapshot_id", "fingerprint_hash", "held_out", "splits")
+LINEAGE_TAGS = (
+    "git_commit",
+    "store_snapshot_id",
+    "fingerprint_hash",
+    "held_out",
+    "splits",
+    "excluded",
+    "training_datasets",
+)
 
 
 class RegistryError(Exception):

@@ -36,6 +36,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     splits: dict[str, list[str]] = field(default_factory=lambda: Splits().to_dict())
+    excluded: list[str] = field(default_factory=list)  # task patterns never trained on though no split holds them
     checkpoint_every: int = 25
     num_workers: int = 2
     use_gpu: bool = False
@@ -47,8 +48,9 @@ class TrainConfig:
 
     @property
     def held_out(self) -> list[str]:
-        """The task patterns never trained on: the validation and the test split's."""
-        return Splits.from_dict(self.splits).held_out
+        """The task patterns never trained on: the validation and the test split's, and the excluded ones (e.g. data
+        whose licence does not allow a model that ships)."""
+        return [*Splits.from_dict(self.splits).held_out, *self.excluded]
 
     @property
     def global_batch_size(self) -> int:

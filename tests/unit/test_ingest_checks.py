@@ -111,6 +111,28 @@ def test_an_image_only_dataset_lands_in_the_store_without_tasks(tmp_path: Path) 
     assert [len(s["indices"]) for s in axial] == [SHAPE[2], SHAPE[2]]  # every slice, none labelled
 
 
+def test_a_stated_licence_reaches_the_store_and_makes_a_version_of_its_own(tmp_path: Path) -> None:
+    """The manifest's licence goes into the ingest record and the dataset version's metadata (what model cards
+    list); the same cases without it give the record and version id of before licences were recorded."""
+    folder = tmp_path / "licensed"
+    cases = [_case(folder, "a")]
+    store = TaskStore.open(str(tmp_path / "store.zarr"), 32, create=True)
+    versions = {}
+    for licence in ("CC-BY-4.0", None):
+        manifest = _manifest(folder, cases, **({"licence": licence} if licence else {}))
+        dataset = load_raw_dataset(manifest)
+        checked = [check_case(case, dataset.labels, folder)[0] for case in dataset.cases]
+        record = IngestRecord.from_checked(dataset, manifest, checked, [], SECRET)
+        assert IngestRecord.load(record.save(tmp_path / "raw")) == record
+        written = json.loads((tmp_path / "raw" / "licensed.json").read_text())
+        assert written.get("licence") == licence  # absent, not empty, when the manifest states none
+        plan = plan_for(record, 32)
+        summaries = [s for case in record.cases for s in preprocess_case(store, record.dataset, case, plan)]
+        versions[licence] = commit_dataset_version(store, record, plan, summaries)
+        assert store.version_info("licensed").get("licence") == licence
+    assert versions["CC-BY-4.0"] != versions[None]
+
+
 def test_a_symbolic_link_loop_is_a_problem_of_its_case(tmp_path: Path) -> None:
     folder = tmp_path / "loops"
     folder.mkdir()

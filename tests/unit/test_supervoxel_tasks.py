@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from promptseg.training.batches import episode_sampler
+from promptseg.training.config import TrainConfig
 from storage.sampler import EpisodeSampler
 from storage.splits import Splits
 from storage.supervoxel_tasks import Stack, SupervoxelTasks, eligible_stacks, longest_run
@@ -58,16 +60,33 @@ def store(tmp_path: Path) -> TaskStore:
 
 
 SPLITS = Splits(validation=["kidney*", "dataset:held-ds"], test=[])
+HELD_OUT = SPLITS.held_out
 
 
 def test_only_volumes_without_held_out_structures_are_cut(store: TaskStore) -> None:
     """Case b holds a validation structure and held-ds is a validation dataset: neither is cut; the image-only
     archive and the training case are."""
-    assert eligible_stacks(store, SPLITS) == [Stack("archive", "u", 2), Stack("train-ds", "a", 2)]
+    assert eligible_stacks(store, HELD_OUT) == [Stack("archive", "u", 2), Stack("train-ds", "a", 2)]
+
+
+def test_excluded_patterns_are_never_trained_on(store: TaskStore) -> None:
+    """A dataset a run excludes (e.g. for an unclear licence) gives neither tasks nor pseudo-tasks to its sampler,
+    though no split holds it."""
+    config = TrainConfig(
+        store_url=store.url,
+        resolution=R,
+        splits=SPLITS.to_dict(),
+        excluded=["dataset:train-ds"],
+        self_supervised_share=0.5,
+    )
+    assert config.held_out == [*HELD_OUT, "dataset:train-ds"]
+    assert eligible_stacks(store, config.held_out) == [Stack("archive", "u", 2)]
+    with pytest.raises(ValueError, match="no tasks"):  # train-ds held the only training task
+        episode_sampler(store, config, rank=0)
 
 
 def test_pseudo_task_episodes_are_supervoxels_of_eligible_volumes(store: TaskStore) -> None:
-    tasks = SupervoxelTasks(store, eligible_stacks(store, SPLITS), n_segments=20, min_slices=6)
+    tasks = SupervoxelTasks(store, eligible_stacks(store, HELD_OUT), n_segments=20, min_slices=6)
     rng = np.random.default_rng(0)
     episodes = [tasks.sample(rng, 3, 2) for _ in range(12)]
     for episode in episodes:
@@ -77,7 +96,7 @@ def test_pseudo_task_episodes_are_supervoxels_of_eligible_volumes(store: TaskSto
         assert all(mask.any() for mask in [*episode.prompt_masks, *episode.query_masks])
         assert episode.task_id.split("/")[0] in {"archive", "train-ds"} and "-supervoxel" in episode.task_id
     assert len({e.task_id for e in episodes}) > 3  # many supervoxels, not one
-    again = SupervoxelTasks(store, eligible_stacks(store, SPLITS), n_segments=20, min_slices=6)
+    again = SupervoxelTasks(store, eligible_stacks(store, HELD_OUT), n_segments=20, min_slices=6)
     rng = np.random.default_rng(0)
     first = again.sample(rng, 3, 2)
     assert np.array_equal(first.query_masks, episodes[0].query_masks) and first.task_id == episodes[0].task_id
@@ -102,12 +121,12 @@ def test_a_held_out_scan_ingested_again_as_an_image_only_case_is_not_cut(store: 
     info = store.version_info("train-ds")
     copied = {"copy": {"image": info["source_hashes"]["b"]["image"], "label": None}}
     _add(store, "second-archive", "c4", {}, {"copy": np.zeros((SLICES, R, R), np.uint8)}, copied)
-    assert Stack("second-archive", "copy", 2) not in eligible_stacks(store, SPLITS)
+    assert Stack("second-archive", "copy", 2) not in eligible_stacks(store, HELD_OUT)
 
 
 def test_the_sampler_mixes_pseudo_tasks_at_its_share(store: TaskStore) -> None:
     training = [t for t in store.tasks() if SPLITS.split_of(t) == "training"]
-    pseudo = SupervoxelTasks(store, eligible_stacks(store, SPLITS), n_segments=20, min_slices=6)
+    pseudo = SupervoxelTasks(store, eligible_stacks(store, HELD_OUT), n_segments=20, min_slices=6)
     sampler = EpisodeSampler(store, training, seed=0, pseudo=pseudo, pseudo_share=0.5)
     names = [sampler.sample(2).task_id for _ in range(40)]
     share = np.mean(["supervoxel" in name for name in names])
