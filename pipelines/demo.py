@@ -88,9 +88,11 @@ def _print_pipeline(report: NightlyReport, console: Console) -> None:
     ns = sorted(evaluation.summary[evaluation.primary], key=int)
     table = Table(f"{evaluation.spec.split} Dice [95 % CI over tasks]", *[f"N={n}" for n in ns])
     for method, per_n in evaluation.summary.items():
-        cells = [
+        cells = [  # the controls and the ablation have the largest N only: each cell under its own N
             f"{per_n[n]['dice'].mean:.3f} [{per_n[n]['dice'].ci_low:.2f}, {per_n[n]['dice'].ci_high:.2f}]"
-            for n in sorted(per_n, key=int)
+            if n in per_n
+            else "–"
+            for n in ns
         ]
         table.add_row(method, *cells)
     console.print(table)
