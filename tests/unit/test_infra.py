@@ -107,12 +107,14 @@ def test_kuberay_manifests_carry_what_the_platform_relies_on() -> None:
 def test_settings_configmap_and_prefect_pool_are_consistent() -> None:
     config = _by_kind("ConfigMap")
     assert set(config["data"]) <= PLATFORM_VARIABLES
-    assert set(_by_kind("Secret")["stringData"]) <= PLATFORM_VARIABLES
+    assert "RAY_ADDRESS" not in config["data"]  # Ray's own pods read the map: a RayJob must use its own cluster
     worker = _by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert worker["command"][:3] == ["prefect", "worker", "start"] and "kubernetes" in worker["command"]
     template = json.loads((K8S / "prefect-work-pool.json").read_text())
     placeholders = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
     assert placeholders <= set(template["variables"]["properties"])  # every placeholder has a variable
+    ray_address = template["variables"]["properties"]["env"]["default"]["RAY_ADDRESS"]
+    assert ray_address.startswith("ray://promptseg-head-svc.")  # else a flow-run job starts a Ray head of its own
 
 
 def test_the_dockerfile_installs_like_the_makefile() -> None:
@@ -122,3 +124,70 @@ def test_the_dockerfile_installs_like_the_makefile() -> None:
     assert "ARG VARIANT=cpu" in dockerfile and "FROM torch-${VARIANT}" in dockerfile
     assert dockerfile.count(torch_pin) == 2  # the CPU and the CUDA stage
     assert "-c constraints.txt" in dockerfile and "COPY pyproject.toml constraints.txt" in dockerfile
+
+
+def _pod_specs() -> dict[str, dict]:
+    """Every pod template of the KubeRay objects and the Prefect job template, by a readable name."""
+    cluster, job, service = _by_kind("RayCluster"), _by_kind("RayJob"), _by_kind("RayService")
+    specs = {}
+    for name, spec in (
+        ("RayCluster", cluster["spec"]),
+        ("RayJob", job["spec"]["rayClusterSpec"]),
+        ("RayService", service["spec"]["rayClusterConfig"]),
+    ):
+        specs[f"{name} head"] = spec["headGroupSpec"]["template"]["spec"]
+        for group in spec["workerGroupSpecs"]:
+            specs[f"{name} {group['groupName']} workers"] = group["template"]["spec"]
+    template = json.loads((K8S / "prefect-work-pool.json").read_text())
+    specs["Prefect flow-run job"] = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    return specs
+
+
+def test_no_secret_is_committed() -> None:
+    """Secrets are created with kubectl from the operator's own values (config.yaml says how), never applied from
+    a committed document with placeholder values."""
+    kinds = {doc["kind"] for path in K8S.glob("*.yaml") for doc in _documents(path)}
+    assert "Secret" not in kinds
+    assert "kubectl -n promptseg create secret generic promptseg-secrets" in (K8S / "config.yaml").read_text()
+
+
+def test_every_pod_mounts_the_shared_workspace() -> None:
+    """Tasks, reloads, jobs and the audit log live in the workspace: every pod mounts the same claim there."""
+    [claim] = [doc for doc in _documents(K8S / "workspace.yaml") if doc["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name, spec in _pod_specs().items():
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        claimed = {
+            n
+            for n, v in volumes.items()
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "promptseg-workspace"
+        }
+        mounts = {(m["name"], m["mountPath"]) for m in spec["containers"][0].get("volumeMounts", [])}
+        assert any((volume, "/workspace") in mounts for volume in claimed), name
+
+
+def test_ray_pods_have_http_probes_and_autoscaling_where_replicas_vary() -> None:
+    """KubeRay's injected probes run wget, which the slim image lacks: every Ray container states HTTP probes on
+    the GCS (head) or the raylet (workers). A cluster whose worker groups may grow has the in-tree autoscaler."""
+    for name, spec in _pod_specs().items():
+        if name.startswith("Prefect"):
+            continue
+        container = spec["containers"][0]
+        port = 8265 if name.endswith("head") else 52365
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["port"] == port, (name, probe)
+    for kind, spec in (
+        ("RayCluster", _by_kind("RayCluster")["spec"]),
+        ("RayService", _by_kind("RayService")["spec"]["rayClusterConfig"]),
+        ("RayJob", _by_kind("RayJob")["spec"]["rayClusterSpec"]),
+    ):
+        varies = any(g["minReplicas"] < g["maxReplicas"] for g in spec["workerGroupSpecs"])
+        assert spec.get("enableInTreeAutoscaling", False) == varies, kind
+
+
+def test_the_image_has_no_entrypoint_that_orchestrators_would_prefix() -> None:
+    """A Prefect Kubernetes job gives only args (`prefect flow-run execute`) and KubeRay its own command: with an
+    ENTRYPOINT of `promptseg` these would run as `promptseg prefect ...`."""
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE)
+    assert 'CMD ["promptseg", "--help"]' in dockerfile
