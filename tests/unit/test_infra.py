@@ -191,3 +191,19 @@ def test_the_image_has_no_entrypoint_that_orchestrators_would_prefix() -> None:
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE)
     assert 'CMD ["promptseg", "--help"]' in dockerfile
+
+
+def test_compose_publishes_only_the_authenticated_endpoint_beyond_loopback_and_mlflow_accepts_its_service_name() -> (
+    None
+):
+    """MLflow, Prefect, the Ray dashboard (the Jobs API: code execution) and the object store have no authentication:
+    they are published on 127.0.0.1 only; the endpoint requires its API key. The other services reach MLflow as
+    `mlflow:5000`, a Host header MLflow 3 refuses unless listed."""
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    published = [(name, str(port)) for name, service in services.items() for port in service.get("ports", [])]
+    assert len(published) >= 5
+    assert [(name, port) for name, port in published if not port.startswith("127.0.0.1:")] == [
+        ("ray-head", "8000:8000")
+    ]
+    [allowed] = [arg for arg in services["mlflow"]["command"] if arg.startswith("--allowed-hosts=")]
+    assert "mlflow:5000" in allowed.removeprefix("--allowed-hosts=").split(",")
