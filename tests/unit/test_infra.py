@@ -207,3 +207,13 @@ def test_compose_publishes_only_the_authenticated_endpoint_beyond_loopback_and_m
     ]
     [allowed] = [arg for arg in services["mlflow"]["command"] if arg.startswith("--allowed-hosts=")]
     assert "mlflow:5000" in allowed.removeprefix("--allowed-hosts=").split(",")
+
+
+def test_compose_runs_the_dask_scheduler_preprocessing_is_pointed_at() -> None:
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    address = compose["x-platform"]["environment"]["PROMPTSEG_DASK_ADDRESS"]
+    host, port = address.removeprefix("tcp://").split(":")
+    scheduler = compose["services"][host]
+    assert scheduler["entrypoint"] == ["dask"] and scheduler["command"][:3] == ["scheduler", "--port", port]
+    worker = compose["services"]["dask-worker"]
+    assert worker["command"][:2] == ["worker", address]
