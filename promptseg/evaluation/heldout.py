@@ -132,8 +132,8 @@ def evaluate(
     pixel_mm = {
         key: size for dataset in {t.dataset for t in tasks} for key, size in store.grid_spacing_mm(dataset).items()
     }
-    networks = {name: p.network for name, p in (predictors | ablations).items()}
-    shards = TaskShards(out_dir, results_key(spec, store.snapshot_id(), networks))
+    snapshot = store.snapshot_id()
+    shards = TaskShards(out_dir, results_key(spec, snapshot, {primary: network, **(baselines or {})}))
     rows: list[EpisodeScore] = []
     skipped: list[SkippedCell] = []
     shown: list[tuple] = []
@@ -151,7 +151,7 @@ def evaluate(
     (out_dir / "results.md").write_text(markdown(report), encoding="utf-8")
     dice_vs_n_plot(report, out_dir / "dice_vs_n.png")
     shards.finish()
-    return Evaluation(report=report, report_dir=out_dir, store_snapshot_id=store.snapshot_id())
+    return Evaluation(report=report, report_dir=out_dir, store_snapshot_id=snapshot)
 
 
 def _evaluate_task(

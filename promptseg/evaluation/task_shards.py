@@ -36,7 +36,8 @@ class TaskResult:
 
 
 def results_key(spec: EvalSpec, snapshot: str, networks: dict[str, nn.Module]) -> str:
-    """A digest of the spec, the store snapshot and every network's weights (by name)."""
+    """A digest of the spec, the store snapshot and every evaluated network's weights (by name; the ensembles and
+    the token-path ablation are the primary network's weights under the spec's options)."""
     digest = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "snapshot": snapshot}, sort_keys=True).encode())
     for name in sorted(networks):
         digest.update(name.encode())
@@ -76,7 +77,6 @@ class TaskShards:
     def save(self, task_id: str, result: TaskResult) -> None:
         path = self._path(task_id)
         record = {
-            "task": task_id,
             "rows": [row.model_dump() for row in result.rows],
             "skipped": [cell.model_dump() for cell in result.skipped],
             "dice": [float(item[0]) for item in result.shown],

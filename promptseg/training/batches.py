@@ -12,8 +12,8 @@ from promptseg.training.config import TrainConfig
 from promptseg.training.synthetic_tasks import hard_synthetic_batch, synthetic_batch
 from promptseg.training.task_augment import TaskAugmentConfig, augment_batch
 from storage.sampler import EpisodeSampler, split_tasks
-from storage.supervoxel_tasks import SupervoxelTasks, eligible_stacks
-from storage.task_store import TaskStore
+from storage.supervoxel_tasks import Stack, SupervoxelTasks, eligible_stacks
+from storage.task_store import Task, TaskStore
 
 
 def episode_sampler(store: TaskStore, config: TrainConfig, rank: int) -> EpisodeSampler:
@@ -25,13 +25,10 @@ def episode_sampler(store: TaskStore, config: TrainConfig, rank: int) -> Episode
     return EpisodeSampler(store, training_tasks, config.seed * 1000 + rank, pseudo, config.self_supervised_share)
 
 
-def training_datasets(store: TaskStore, config: TrainConfig) -> dict[str, str]:
-    """Each dataset a run learns from (its training tasks' and, with self-supervised tasks, those of the volumes it
-    may cut) → the licence its source stated at ingest ("not stated" when none): what the model card lists."""
-    training_tasks, _ = split_tasks(store.tasks(), config.held_out, store.resolution)
-    names = {task.dataset for task in training_tasks}
-    if config.self_supervised_share:
-        names |= {stack.dataset for stack in eligible_stacks(store, config.held_out)}
+def dataset_licences(store: TaskStore, tasks: list[Task], stacks: list[Stack]) -> dict[str, str]:
+    """Each dataset a run learns from (its training tasks' and the volumes it may cut for self-supervised tasks) →
+    the licence its source stated at ingest ("not stated" when none): what the model card lists."""
+    names = {task.dataset for task in tasks} | {stack.dataset for stack in stacks}
     return {name: store.version_info(name).get("licence") or "not stated" for name in sorted(names)}
 
 

@@ -42,7 +42,7 @@ from promptseg.registry.tracking import (
     open_run,
     use_experiment,
 )
-from promptseg.training.batches import episode_sampler, training_batch, training_datasets
+from promptseg.training.batches import dataset_licences, episode_sampler, training_batch
 from promptseg.training.config import TrainConfig
 from promptseg.training.progress import QUEUE_KEY, ProgressTicker, following
 from promptseg.training.trainer_state import load_trainer_state, save_trainer_state
@@ -281,7 +281,8 @@ def run_training(
     training_tasks, held_out_tasks = split_tasks(store.tasks(), config.held_out, store.resolution)
     if not training_tasks:
         raise ValueError(f"no training tasks in {config.store_url} outside the held-out spec {config.held_out}")
-    if config.self_supervised_share and not eligible_stacks(store, config.held_out):
+    stacks = eligible_stacks(store, config.held_out) if config.self_supervised_share else []
+    if config.self_supervised_share and not stacks:
         raise ValueError(f"self-supervised tasks asked for, but no training volume in {config.store_url} may be cut")
     run_id = previous.run_id if previous else None
     with open_run(config.tracking_uri, experiment_id, run_name, run_id) as run, following() as progress_queue:
@@ -299,7 +300,7 @@ def run_training(
                     ),
                     "held_out": ",".join(config.held_out),
                     "excluded": ",".join(config.excluded),
-                    "training_datasets": json.dumps(training_datasets(store, config), sort_keys=True),
+                    "training_datasets": json.dumps(dataset_licences(store, training_tasks, stacks)),
                     "splits": Splits.from_dict(config.splits).to_tag(),
                     **preparation_tags(store, training_tasks),
                     "training_tasks": len(training_tasks),
